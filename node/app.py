@@ -1,0 +1,76 @@
+"""The running node: wires journal, assembly, store and listener together.
+
+``NodeApp.start()`` recovers first (interrupted transfers removed, study timers re-armed
+from the journal) and only then opens the port, so nothing arrives before the node knows
+its own state. A small ``node.json`` in the data directory says which process serves it
+(``mammo-node status`` reads it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from node.assembly import Assembler
+from node.config import Settings
+from node.dicom.scp import DicomListener
+from node.journal import Journal
+from node.store import InstanceStore
+
+log = logging.getLogger("mammo_node")
+
+RUNTIME_FILE = "node.json"
+
+
+class NodeApp:
+    """One node process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(settings.journal_path)
+        self.assembler = Assembler(self.journal, settings.assembly)
+        self.store = InstanceStore(settings, self.journal, self.assembler)
+        self.listener = DicomListener(settings.dicom, self.store)
+        self._stopped = threading.Event()
+        self.started_at: float | None = None
+
+    def start(self) -> None:
+        self.store.clear_incoming()
+        self.assembler.start()
+        self.listener.start()
+        self.started_at = time.time()
+        self._write_runtime_file()
+
+    def _write_runtime_file(self) -> None:
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "ae_title": self.settings.dicom.ae_title,
+            "bind": self.settings.dicom.bind,
+            "port": self.listener.port,
+            "tls": self.settings.dicom.tls.enabled,
+        }
+        path = self.settings.data_dir / RUNTIME_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
+
+    def stop(self) -> None:
+        """Stop accepting, let timers finish, close the journal. Safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.listener.stop()
+        self.assembler.stop()
+        (self.settings.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        self.journal.close()
+        log.info("node stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from a signal handler)."""
+        while not self._stopped.wait(0.5):
+            pass

@@ -1,0 +1,196 @@
+"""Study assembly: one persisted state machine per StudyInstanceUID.
+
+DICOM has no "study complete" signal, and quiet-period timers alone either split slow
+studies or delay every fast one. We close a study on *content* first: as soon as the four
+screening positions (R-CC, R-MLO, L-CC, L-MLO) are filled, and no new image has arrived for
+``settle_seconds`` (stragglers such as a retake), it is COMPLETE. Otherwise the study closes
+INCOMPLETE when no image arrived for ``quiet_seconds`` or ``deadline_seconds`` have passed
+since the first one, and ``incomplete_policy`` (report | partial | skip) is recorded with it
+for the processing stage.
+
+States: RECEIVING -> COMPLETE | INCOMPLETE (-> PROCESSING -> DONE | FAILED, later stages).
+Every transition is a conditional UPDATE in the journal, so it happens exactly once even if
+timers race a restart. Timers live on an apscheduler BackgroundScheduler and are rebuilt
+from the journal at start: a study that fell due while the node was down closes at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.config import AssemblySection
+from node.journal import Journal, StudyRecord
+from node.selection import candidate_from_view, select_views
+from node.views import POSITIONS
+
+log = logging.getLogger("mammo_node.assembly")
+
+RECEIVING = "RECEIVING"
+COMPLETE = "COMPLETE"
+INCOMPLETE = "INCOMPLETE"
+
+StudyListener = Callable[[str, str], None]
+
+# A timer may fire a hair early relative to time.time(); treat that as due.
+_TOLERANCE = 0.002
+
+
+class Assembler:
+    """Tracks studies as instances arrive and closes them on content or on time."""
+
+    def __init__(self, journal: Journal, config: AssemblySection, clock: Callable[[], float] = time.time) -> None:
+        self.journal = journal
+        self.config = config
+        self.clock = clock
+        self._listeners: list[StudyListener] = []
+        self._scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
+            "misfire_grace_time": None, "coalesce": True, "max_instances": 1,
+        })
+        self._close_lock = threading.Lock()
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Start the timers and re-arm one for every study still RECEIVING; returns how many."""
+        self._scheduler.start()
+        receiving = self.journal.list_studies(state=RECEIVING)
+        for study in receiving:
+            self._schedule(study)
+        if receiving:
+            log.info("re-armed timers for %d study(ies) still receiving", len(receiving))
+        return len(receiving)
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+
+    def add_listener(self, listener: StudyListener) -> None:
+        """Call ``listener(study_uid, new_state)`` after each study closes."""
+        self._listeners.append(listener)
+
+    # ----- arrivals (called inside the store's journal transaction) ---------------------------
+
+    def admit(self, db: sqlite3.Connection, instance: dict[str, Any], study_attrs: dict[str, Any]) -> int:
+        """Record one accepted instance and update its study; returns the instance's row id.
+
+        Runs inside the caller's transaction so the instance row and the study row commit
+        together: the journal never holds an instance without its study.
+        """
+        now = instance["received_at"]
+        study_uid = instance["study_uid"]
+        row = db.execute("SELECT state, four_views_at FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO studies(study_uid, state, patient_id, patient_name, accession_number, "
+                "first_received_at, last_received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_uid, RECEIVING, study_attrs.get("patient_id"), study_attrs.get("patient_name"),
+                 study_attrs.get("accession_number"), now, now, now),
+            )
+            Journal.record_event(db, study_uid, None, RECEIVING, "first instance received", now)
+            state = RECEIVING
+        else:
+            state = row["state"]
+        instance_id = Journal.insert_instance(db, **instance, after_close=state != RECEIVING)
+        if state != RECEIVING:
+            Journal.record_event(
+                db, study_uid, state, state,
+                f"instance received after the study closed; kept, not used ({instance['view'].get('label')})", now,
+            )
+            return instance_id
+        db.execute("UPDATE studies SET last_received_at = ?, updated_at = ? WHERE study_uid = ?",
+                   (now, now, study_uid))
+        if row is None or row["four_views_at"] is None:
+            filled = {
+                r[0] for r in db.execute(
+                    "SELECT DISTINCT position FROM instances WHERE study_uid = ? AND duplicate_of IS NULL "
+                    "AND position IS NOT NULL", (study_uid,),
+                )
+            }
+            if filled >= set(POSITIONS):
+                db.execute("UPDATE studies SET four_views_at = ? WHERE study_uid = ?", (now, study_uid))
+        return instance_id
+
+    def arrived(self, study_uid: str) -> None:
+        """Re-arm the study's timer after an arrival has been committed."""
+        study = self.journal.get_study(study_uid)
+        if study is not None and study.state == RECEIVING:
+            self._schedule(study)
+
+    # ----- timers ----------------------------------------------------------------------------
+
+    def due_time(self, study: StudyRecord) -> float:
+        """When this study must next be looked at."""
+        cfg = self.config
+        deadline = study.first_received_at + cfg.deadline_seconds
+        if study.four_views_at is not None:
+            settle = max(study.four_views_at, study.last_received_at) + cfg.settle_seconds
+            return min(settle, deadline)
+        return min(study.last_received_at + cfg.quiet_seconds, deadline)
+
+    def _schedule(self, study: StudyRecord) -> None:
+        run_at = datetime.fromtimestamp(self.due_time(study), tz=timezone.utc)
+        self._scheduler.add_job(
+            self.evaluate, "date", run_date=run_at, args=[study.study_uid],
+            id=study.study_uid, replace_existing=True,
+        )
+
+    def evaluate(self, study_uid: str) -> str | None:
+        """Close the study if it is due; otherwise re-arm. Returns the new state, if any."""
+        with self._close_lock:
+            study = self.journal.get_study(study_uid)
+            if study is None or study.state != RECEIVING:
+                return None
+            now = self.clock()
+            due = self.due_time(study)
+            if now + _TOLERANCE < due:
+                self._schedule(study)
+                return None
+            state, reason = self._decide(study, now)
+            selection = self.selection(study_uid)
+            columns: dict[str, Any] = {"closed_at": now, "close_reason": reason, "selection": selection}
+            if state == INCOMPLETE:
+                columns["incomplete_policy"] = self.config.incomplete_policy
+            if not self.journal.transition(study_uid, RECEIVING, state, reason, **columns):
+                return None
+        log.info("study %s %s: %s", study_key(study_uid), state, reason)
+        for listener in self._listeners:
+            try:
+                listener(study_uid, state)
+            except Exception:  # a consumer's bug must not stop the timers
+                log.exception("study listener failed for %s", study_key(study_uid))
+        return state
+
+    def _decide(self, study: StudyRecord, now: float) -> tuple[str, str]:
+        cfg = self.config
+        deadline = study.first_received_at + cfg.deadline_seconds
+        if study.four_views_at is not None:
+            if now + _TOLERANCE >= deadline and now < max(study.four_views_at, study.last_received_at) + cfg.settle_seconds:
+                return COMPLETE, f"four views present; deadline of {cfg.deadline_seconds:g} s reached"
+            return COMPLETE, f"four views present and no new image for {cfg.settle_seconds:g} s"
+        missing = ", ".join(self.selection(study.study_uid)["missing"])
+        if now + _TOLERANCE >= deadline:
+            why = f"deadline of {cfg.deadline_seconds:g} s after the first image reached"
+        else:
+            why = f"no new image for {cfg.quiet_seconds:g} s"
+        return INCOMPLETE, f"{why}; missing {missing}; policy {cfg.incomplete_policy}"
+
+    def selection(self, study_uid: str) -> dict[str, Any]:
+        """Which instance serves each position right now (see node.selection)."""
+        candidates = [
+            candidate_from_view(i.id, i.sop_instance_uid, i.view, i.duplicate_of is not None)
+            for i in self.journal.study_instances(study_uid)
+            if not i.after_close
+        ]
+        return select_views(candidates)
+
+
+def study_key(study_uid: str) -> str:
+    """A short, non-identifying handle for logs (see node.log_phi)."""
+    return "s-" + hashlib.sha256(study_uid.encode()).hexdigest()[:10]

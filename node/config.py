@@ -1,0 +1,224 @@
+"""Node configuration: one TOML file plus ``MAMMO_NODE_...`` environment overrides.
+
+The key names are a contract with outside tooling (deployment scripts, monitoring), so they
+are declared here once and validated at start. Every error names the offending key, e.g.
+``dicom.port: Input should be less than or equal to 65535 (got 70000)``.
+
+Precedence, highest first: environment (``MAMMO_NODE_DICOM__PORT=11113``; nested keys are
+joined with ``__``, lists are JSON), then the TOML file, then the defaults below.
+Relative paths (``node.data_dir``, TLS files) are resolved against the working directory.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "MAMMO_NODE_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message lists every bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NodeSection(_Section):
+    """Where the node keeps its data, and the safety margins around it."""
+
+    data_dir: Path = Path("var")
+    # Refuse new instances ("out of resources") when free space on data_dir drops below this.
+    min_free_mb: int = Field(default=1024, ge=0)
+    # fsync every received file and its directory before acknowledging; turn off only for tests.
+    fsync: bool = True
+    # Include patient identifiers (names, IDs, UIDs) in logs. Off: logs carry short study keys.
+    log_phi: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class TLSSection(_Section):
+    """DICOM TLS for the listener (PS3.15 BCP 195 style: TLS 1.2+, certificate checks)."""
+
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _files_present_when_enabled(self) -> "TLSSection":
+        if not self.enabled:
+            return self
+        missing = [name for name in ("cert", "key") if getattr(self, name) is None]
+        if self.require_client_cert and self.ca is None:
+            missing.append("ca")
+        if missing:
+            raise ValueError(
+                "TLS is enabled but " + ", ".join(f"dicom.tls.{m}" for m in missing)
+                + " not set (ca is needed to verify client certificates when require_client_cert = true)"
+            )
+        return self
+
+
+def _valid_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or len(stripped) > 16 or "\\" in stripped or not stripped.isprintable():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+    return stripped
+
+
+class DicomSection(_Section):
+    """The DICOM listener (SCP) and its association policy."""
+
+    ae_title: str = "MAMMO_NODE"
+    port: int = Field(default=11112, ge=1, le=65535)
+    bind: str = "0.0.0.0"
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    # Largest PDU we announce. Bigger PDUs mean fewer Python-level reads per image; 0 = unlimited.
+    max_pdu_size: int = Field(default=1048576, ge=0)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+    tls: TLSSection = Field(default_factory=TLSSection)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_own_aet(cls, value: str) -> str:
+        return _valid_ae_title(value)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _valid_aets(cls, values: list[str]) -> list[str]:
+        return [_valid_ae_title(v) for v in values]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _valid_hosts(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)")
+        return values
+
+    @field_validator("bind")
+    @classmethod
+    def _valid_bind(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if value != "localhost":
+                raise ValueError(f"{value!r} is not an IP address to bind to")
+        return value
+
+
+class AssemblySection(_Section):
+    """When a study counts as complete (see node.assembly)."""
+
+    settle_seconds: float = Field(default=2.0, ge=0)
+    quiet_seconds: float = Field(default=120.0, gt=0)
+    deadline_seconds: float = Field(default=3600.0, gt=0)
+    incomplete_policy: Literal["report", "partial", "skip"] = "report"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AssemblySection":
+        if self.deadline_seconds < self.quiet_seconds:
+            raise ValueError("assembly.deadline_seconds must be >= assembly.quiet_seconds")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole effective configuration of one node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    dicom: DicomSection = Field(default_factory=DicomSection)
+    assembly: AssemblySection = Field(default_factory=AssemblySection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init values), which beats the defaults.
+        return (env_settings, init_settings)
+
+    # Derived locations under data_dir: one place so every component agrees on the layout.
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir.resolve()
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.sqlite3"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "spool" / ".incoming"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration as plain JSON-able data (what `config check` prints)."""
+        return self.model_dump(mode="json")
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        got = item.get("input")
+        suffix = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        lines.append(f"  {key}: {message}{suffix}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read ``path`` (TOML; optional) and the environment into validated :class:`Settings`.
+
+    Raises :class:`ConfigError` with one line per bad key.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults + environment"
+    if path is not None:
+        path = Path(path)
+        source = f"{path} + environment"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None

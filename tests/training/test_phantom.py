@@ -1,0 +1,526 @@
+"""Phantom generator: DICOM conformance (dciodvfy), determinism, anatomy, labels and report."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from tests.tools import require_tool
+from training.data.phantom import PhantomOptions, PhantomStudy, generate_study, write_phantom_studies, write_study
+from training.data.phantom_anatomy import GRIDS, PATIENT_ORIENTATION, render_anatomy, render_view, sample_breast
+from training.data.phantom_labels import (
+    BIRADS_ORDER,
+    CLOCKS,
+    DENSITY_TARGETS,
+    BreastLabels,
+    finding_birads,
+    sample_labels,
+    worst_birads,
+)
+
+SEED = 1
+N_STUDIES = 20
+VIEWS = ("R-CC", "R-MLO", "L-CC", "L-MLO")
+SIDE = {"R": "right", "L": "left"}
+
+
+@pytest.fixture(scope="module")
+def studies() -> list[PhantomStudy]:
+    """One 20-study block (the unit over which the category mix is guaranteed)."""
+    return [generate_study(SEED, i) for i in range(N_STUDIES)]
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _reread(ds: pydicom.Dataset) -> pydicom.Dataset:
+    return pydicom.dcmread(io.BytesIO(_bytes(ds)))
+
+
+def _dciodvfy(path: Path, *args: str) -> tuple[list[str], list[str]]:
+    """(errors, warnings) lines of dciodvfy, which reports on stderr."""
+    tool = require_tool("dciodvfy")
+    proc = subprocess.run([tool, *args, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
+
+
+# ----------------------------------------------------------------------------- DICOM conformance
+
+CONFORMANT = {
+    "default": PhantomOptions(),
+    "monochrome1": PhantomOptions(monochrome1=True),
+    "implicit": PhantomOptions(transfer_syntax="implicit"),
+    "jpeg-ls": PhantomOptions(transfer_syntax="jpeg-ls"),
+    "jpeg2000": PhantomOptions(transfer_syntax="jpeg2000"),
+    "rle": PhantomOptions(transfer_syntax="rle"),
+    "for_processing": PhantomOptions(for_processing=True),
+    "extra_views": PhantomOptions(extra_views=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFORMANT))
+def test_dciodvfy_reports_no_errors(name: str, tmp_path: Path) -> None:
+    study = generate_study(SEED, 1, CONFORMANT[name])
+    write_study(study, tmp_path)
+    files = sorted(tmp_path.glob("*.dcm"))
+    assert len(files) == (6 if name == "extra_views" else 4)
+    for path in files:
+        errors, warnings = _dciodvfy(path)
+        assert errors == [], (path.name, errors)
+        # The only expected warning: CC/MLO/XCCL are mammography terms, not DX defined terms.
+        assert all("View Position" in w for w in warnings), warnings
+
+
+def test_dciodvfy_ihe_mammo_profile_default(tmp_path: Path) -> None:
+    write_study(generate_study(SEED, 2), tmp_path)
+    for path in sorted(tmp_path.glob("*.dcm")):
+        errors, _ = _dciodvfy(path, "-profile", "IHEMammo")
+        assert errors == [], (path.name, errors)
+
+
+def test_dciodvfy_deflated_after_inflating(tmp_path: Path) -> None:
+    """dicom3tools as packaged cannot read Deflated files; DCMTK inflates them losslessly."""
+    dcmconv = require_tool("dcmconv")
+    study = generate_study(SEED, 1, PhantomOptions(transfer_syntax="deflated"))
+    write_study(study, tmp_path)
+    src = tmp_path / "R-MLO.dcm"
+    assert pydicom.dcmread(src).file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    out = tmp_path / "inflated.dcm"
+    subprocess.run([dcmconv, "+te", str(src), str(out)], check=True, timeout=60)
+    errors, _ = _dciodvfy(out)
+    assert errors == []
+
+
+@pytest.mark.parametrize("options, missing", [
+    (PhantomOptions(laterality_attr="series"), "ImageLaterality"),
+    (PhantomOptions(view_codes=False), "ViewCodeSequence"),
+])
+def test_vendor_variants_fail_only_for_the_documented_reason(options: PhantomOptions, missing: str,
+                                                             tmp_path: Path) -> None:
+    study = generate_study(SEED, 1, options)
+    write_study(study, tmp_path)
+    errors, _ = _dciodvfy(tmp_path / "L-CC.dcm")
+    assert errors and all(missing in e for e in errors), errors
+    ds = study.views["L-CC"]
+    if missing == "ImageLaterality":
+        assert "ImageLaterality" not in ds and ds.Laterality == "L"
+    else:
+        assert "ViewCodeSequence" not in ds and ds.ViewPosition == "CC"
+
+
+def test_full_size_study(tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    study = generate_study(SEED, 3, PhantomOptions(size="full"))
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 40.0  # about 2 s on one core; only gross regressions fail here
+    write_study(study, tmp_path)
+    ds = pydicom.dcmread(tmp_path / "R-MLO.dcm")
+    assert (ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (3328, 2560, 16, 14, 13)
+    assert [float(v) for v in ds.ImagerPixelSpacing] == [0.07, 0.07]
+    assert int(ds.pixel_array.max()) <= (1 << 14) - 1
+    errors, _ = _dciodvfy(tmp_path / "R-MLO.dcm")
+    assert errors == []
+    # Same anatomy as the small size: the dense fraction is a property of the phantom.
+    small = generate_study(SEED, 3)
+    for side in "RL":
+        assert study.labels["breasts"][side]["dense_fraction"] == pytest.approx(
+            small.labels["breasts"][side]["dense_fraction"], abs=0.03)
+
+
+def test_small_size_attributes(studies: list[PhantomStudy]) -> None:
+    ds = _reread(studies[0].views["L-MLO"])
+    assert (ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == (512, 416, 16, 12, 0)
+    assert ds.Modality == "MG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.2"
+    assert ds.PresentationIntentType == "FOR PRESENTATION" and ds.ImageType == ["ORIGINAL", "PRIMARY"]
+    assert ds.AnatomicRegionSequence[0].CodeValue == "76752008"
+    assert ds.BreastImplantPresent == "NO" and ds.BurnedInAnnotation == "NO"
+    assert int(ds.pixel_array.max()) <= 4095
+
+
+def test_view_codes_orientation_and_uids(studies: list[PhantomStudy]) -> None:
+    study = studies[0]
+    expected = {"CC": "399162004", "MLO": "399368009"}
+    series = {ds.SeriesInstanceUID for ds in study.views.values()}
+    assert len(series) == 1
+    assert len({ds.SOPInstanceUID for ds in study.views.values()}) == 4
+    assert sorted(int(ds.InstanceNumber) for ds in study.views.values()) == [1, 2, 3, 4]
+    for key, ds in study.views.items():
+        side, view = key.split("-")
+        assert ds.ImageLaterality == side and ds.ViewPosition == view
+        assert ds.ViewCodeSequence[0].CodeValue == expected[view]
+        assert ds.ViewCodeSequence[0].CodingSchemeDesignator == "SCT"
+        assert list(ds.PatientOrientation) == list(PATIENT_ORIENTATION[(side, view)])
+        assert ds.StudyInstanceUID == study.study_uid
+        assert str(ds.SOPInstanceUID).startswith("2.25.")
+
+
+def test_extra_views_have_modifier_codes() -> None:
+    study = generate_study(SEED, 0, PhantomOptions(extra_views=True))
+    assert len(study.extras) == 2
+    spot = next(k for k in study.extras if k.endswith("-CC-SPOT"))
+    xccl = next(k for k in study.extras if k.endswith("-XCCL"))
+    assert spot[0] != xccl[0]
+    sds, xds = study.extras[spot], study.extras[xccl]
+    assert sds.ViewCodeSequence[0].CodeValue == "399162004"
+    assert [m.CodeValue for m in sds.ViewCodeSequence[0].ViewModifierCodeSequence] == ["399055006"]
+    assert xds.ViewCodeSequence[0].CodeValue == "399192008"
+    assert len(xds.ViewCodeSequence[0].ViewModifierCodeSequence) == 0
+    assert set(study.labels["extras"]) == {spot, xccl}
+    assert study.labels["extras"][spot]["modifiers"] == ["spot_compression"]
+    # A spot view is centred on the finding that prompted it.
+    lead = study.labels["breasts"][spot[0]]["findings"][0]
+    assert spot in lead["boxes"]
+
+
+def test_for_processing_variant() -> None:
+    ds = generate_study(SEED, 0, PhantomOptions(for_processing=True)).views["R-CC"]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.2.1"
+    assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert ds.PresentationIntentType == "FOR PROCESSING"
+    assert "WindowCenter" not in ds and "SourceImageSequence" not in ds
+    presentation = generate_study(SEED, 0).views["R-CC"]
+    # The For Presentation image references exactly this For Processing instance.
+    assert presentation.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+
+# ----------------------------------------------------------------------------- determinism, encodings
+
+def test_same_seed_gives_identical_bytes() -> None:
+    a, b = generate_study(7, 2), generate_study(7, 2)
+    for key in VIEWS:
+        assert _bytes(a.views[key]) == _bytes(b.views[key])
+    assert a.labels == b.labels and a.report == b.report
+
+
+def test_different_seed_or_index_gives_different_study() -> None:
+    a, b, c = generate_study(7, 2), generate_study(8, 2), generate_study(7, 3)
+    for other in (b, c):
+        assert other.study_uid != a.study_uid
+        assert other.labels["patient_id"] != a.labels["patient_id"]
+        assert other.labels["accession_number"] != a.labels["accession_number"]
+        for key in VIEWS:
+            assert other.views[key].SOPInstanceUID != a.views[key].SOPInstanceUID
+            assert not np.array_equal(other.views[key].pixel_array, a.views[key].pixel_array)
+
+
+def test_monochrome1_is_inverted_monochrome2() -> None:
+    m2 = generate_study(SEED, 4).views["L-MLO"]
+    m1 = generate_study(SEED, 4, PhantomOptions(monochrome1=True)).views["L-MLO"]
+    assert m1.PhotometricInterpretation == "MONOCHROME1" and m2.PhotometricInterpretation == "MONOCHROME2"
+    assert m1.PresentationLUTShape == "INVERSE" and m2.PresentationLUTShape == "IDENTITY"
+    maxv = (1 << int(m2.BitsStored)) - 1
+    a1, a2 = _reread(m1).pixel_array.astype(np.int32), _reread(m2).pixel_array.astype(np.int32)
+    assert np.array_equal(a1, maxv - a2)
+    assert float(m1.WindowCenter) == pytest.approx(maxv - float(m2.WindowCenter), abs=1)
+    assert m1.SOPInstanceUID != m2.SOPInstanceUID  # different content, different instance
+
+
+@pytest.mark.parametrize("syntax", ["implicit", "deflated", "jpeg-ls", "jpeg2000", "rle"])
+def test_encoded_variants_decode_to_the_same_pixels(syntax: str) -> None:
+    ref = generate_study(SEED, 5)
+    enc = generate_study(SEED, 5, PhantomOptions(transfer_syntax=syntax))
+    uid = {"implicit": pydicom.uid.ImplicitVRLittleEndian, "deflated": pydicom.uid.DeflatedExplicitVRLittleEndian,
+           "jpeg-ls": pydicom.uid.JPEGLSLossless, "jpeg2000": pydicom.uid.JPEG2000Lossless,
+           "rle": pydicom.uid.RLELossless}[syntax]
+    for key in ("R-CC", "L-MLO"):
+        ds = _reread(enc.views[key])
+        assert ds.file_meta.TransferSyntaxUID == uid
+        assert ds.SOPInstanceUID == ref.views[key].SOPInstanceUID  # a lossless re-encoding is the same instance
+        assert np.array_equal(ds.pixel_array, _reread(ref.views[key]).pixel_array)
+
+
+def test_options_are_validated() -> None:
+    for bad in ({"size": "huge"}, {"transfer_syntax": "jpeg-lossy"}, {"laterality_attr": "frame"}):
+        with pytest.raises(ValueError):
+            PhantomOptions(**bad)
+    with pytest.raises(ValueError):
+        generate_study(-1, 0)
+
+
+# ----------------------------------------------------------------------------- anatomy
+
+def _breast(density: str, seed: int) -> tuple:
+    lo, hi = DENSITY_TARGETS[density]
+    labels = BreastLabels("L", density, (lo + hi) / 2, [])
+    return sample_breast(np.random.default_rng([seed, 99]), labels, 45.0)
+
+
+def test_dense_fraction_and_brightness_rise_with_density_class() -> None:
+    grid = GRIDS["small"]
+    fractions, brightness = [], []
+    for density in "ABCD":
+        f, b = [], []
+        for seed in range(3):
+            render = render_view(_breast(density, seed), "CC", [], grid)
+            f.append(render.dense_fraction)
+            b.append(float(render.image[render.breast_mask].mean()))
+        fractions.append(np.mean(f))
+        brightness.append(np.mean(b))
+    assert all(x < y for x, y in zip(fractions, fractions[1:])), fractions
+    assert all(x < y for x, y in zip(brightness, brightness[1:])), brightness
+    assert fractions[0] < 0.2 and fractions[-1] > 0.6
+
+
+def test_labelled_dense_fraction_matches_its_class(studies: list[PhantomStudy]) -> None:
+    for study in studies:
+        for side in "RL":
+            b = study.labels["breasts"][side]
+            lo, hi = DENSITY_TARGETS[b["density"]]
+            assert lo - 0.03 <= b["dense_fraction"] <= hi + 0.03, (side, b)
+
+
+def test_pectoral_muscle_only_in_mlo() -> None:
+    model = _breast("A", 3)
+    grid = GRIDS["small"]
+    cc, mlo = render_view(model, "CC", [], grid), render_view(model, "MLO", [], grid)
+    assert not cc.pectoral_mask.any()
+    assert mlo.pectoral_mask.sum() > 0.02 * mlo.breast_mask.sum()
+    fat = mlo.breast_mask & ~mlo.pectoral_mask
+    assert mlo.image[mlo.pectoral_mask].mean() > mlo.image[fat].mean() + 0.05
+    # Left breast: chest wall on the left edge, so the muscle sits in the upper-left corner.
+    rows, cols = np.nonzero(mlo.pectoral_mask)
+    assert rows.min() == 0 and cols.min() == 0 and cols.max() < grid.cols // 2
+
+
+def test_chest_wall_side_follows_laterality(studies: list[PhantomStudy]) -> None:
+    """R images: chest wall on the right edge, nipple pointing left (PatientOrientation P\\..)."""
+    for study in studies[:5]:
+        for key, ds in study.views.items():
+            a = ds.pixel_array.astype(float)
+            left, right = a[:, :3].mean(), a[:, -3:].mean()
+            if key.startswith("R"):
+                assert right > 3 * left and ds.PatientOrientation[0] == "P", key
+            else:
+                assert left > 3 * right and ds.PatientOrientation[0] == "A", key
+        # The pectoral muscle makes the upper chest-wall corner tissue in MLO, air in CC.
+        for side in "RL":
+            corner = (slice(0, 15), slice(-15, None) if side == "R" else slice(0, 15))
+            mlo = study.views[f"{side}-MLO"].pixel_array[corner].mean()
+            cc = study.views[f"{side}-CC"].pixel_array[corner].mean()
+            assert mlo > 0.2 * 4095 > cc
+
+
+# ----------------------------------------------------------------------------- findings and boxes
+
+def _all_findings(study: PhantomStudy):
+    for side in "RL":
+        for f in study.labels["breasts"][side]["findings"]:
+            yield side, f
+
+
+def test_boxes_inside_image_and_over_breast(studies: list[PhantomStudy]) -> None:
+    n = 0
+    for study in studies:
+        for side, f in _all_findings(study):
+            expected = {f"{side}-CC", f"{side}-MLO"}
+            if f["kind"] == "asymmetry" and f["subtype"] == "asymmetry":
+                assert len(f["boxes"]) == 1 and set(f["boxes"]) < expected  # one view only, by definition
+            else:
+                assert set(f["boxes"]) == expected
+            for key, (x0, y0, x1, y1) in f["boxes"].items():
+                a = study.views[key].pixel_array
+                rows, cols = a.shape
+                assert 0 <= x0 < x1 <= cols and 0 <= y0 < y1 <= rows, (key, f)
+                box = a[y0:y1, x0:x1]
+                assert (box > 0.08 * 4095).mean() > 0.9, (key, f["id"])  # breast tissue, not air
+                assert a[(y0 + y1) // 2, (x0 + x1) // 2] > 0.08 * 4095
+                n += 1
+    assert n >= 10
+
+
+def _nipple(pixels: np.ndarray, side: str) -> tuple[float, float]:
+    tissue = pixels > 0.08 * 4095
+    cols = np.nonzero(tissue.any(axis=0))[0]
+    tip = cols.min() if side == "R" else cols.max()
+    return float(tip), float(np.nonzero(tissue[:, tip])[0].mean())
+
+
+def test_findings_are_geometrically_consistent_between_views() -> None:
+    """Same distance from the nipple in CC and MLO; vertical side set by the quadrant
+    (CC: lateral at the top; MLO: superolateral at the top)."""
+    checked = 0
+    spacing = GRIDS["small"].spacing_mm
+    for index in range(40):
+        study = generate_study(11, index)
+        for side, f in _all_findings(study):
+            if len(f["boxes"]) != 2:
+                continue
+            pos = {}
+            for view in ("CC", "MLO"):
+                key = f"{side}-{view}"
+                tip_x, tip_y = _nipple(study.views[key].pixel_array, side)
+                x0, y0, x1, y1 = f["boxes"][key]
+                pos[view] = (abs((x0 + x1) / 2 - tip_x) * spacing, (tip_y - (y0 + y1) / 2) * spacing)
+            assert abs(pos["CC"][0] - pos["MLO"][0]) < 15.0, (index, f)
+            quadrant = f["location"]["quadrant"]
+            up_cc, up_mlo = pos["CC"][1], pos["MLO"][1]
+            if quadrant == "UOQ":
+                assert up_cc > 0 and up_mlo > 0, (index, f, pos)
+            elif quadrant == "LIQ":
+                assert up_cc < 0 and up_mlo < 0, (index, f, pos)
+            elif quadrant == "LOQ":
+                assert up_cc > 0, (index, f, pos)
+            elif quadrant == "UIQ":
+                assert up_cc < 0, (index, f, pos)
+            checked += 1
+    assert checked >= 20
+
+
+def test_locations_are_consistent(studies: list[PhantomStudy]) -> None:
+    for study in studies:
+        for side, f in _all_findings(study):
+            loc = f["location"]
+            assert loc["depth"] in ("anterior", "middle", "posterior")
+            if loc["quadrant"] in CLOCKS[side]:
+                assert loc["clock"] in CLOCKS[side][loc["quadrant"]]
+            else:
+                assert loc["quadrant"] in ("central", "subareolar") and loc["clock"] is None
+            assert f["size_mm"] > 0
+
+
+# ----------------------------------------------------------------------------- BI-RADS rules
+
+@pytest.mark.parametrize("kind, descriptors, expected", [
+    ("mass", {"shape": "oval", "margin": "circumscribed"}, "3"),
+    ("mass", {"shape": "round", "margin": "obscured"}, "4A"),
+    ("mass", {"shape": "oval", "margin": "indistinct"}, "4B"),
+    ("mass", {"shape": "irregular", "margin": "circumscribed"}, "4B"),
+    ("mass", {"shape": "irregular", "margin": "indistinct"}, "4C"),
+    ("mass", {"shape": "irregular", "margin": "spiculated"}, "5"),
+    ("calcification", {"morphology": "round", "distribution": "diffuse"}, "2"),
+    ("calcification", {"morphology": "punctate", "distribution": "grouped"}, "3"),
+    ("calcification", {"morphology": "amorphous", "distribution": "regional"}, "4A"),
+    ("calcification", {"morphology": "fine_pleomorphic", "distribution": "grouped"}, "4C"),
+    ("calcification", {"morphology": "fine_linear_branching", "distribution": "segmental"}, "5"),
+    ("architectural_distortion", {}, "4B"),
+    ("asymmetry", {"subtype": "asymmetry"}, "0"),
+    ("asymmetry", {"subtype": "focal_asymmetry"}, "3"),
+])
+def test_birads_rules(kind: str, descriptors: dict, expected: str) -> None:
+    assert finding_birads(kind, descriptors) == expected
+
+
+def test_breast_birads_follows_findings(studies: list[PhantomStudy]) -> None:
+    for study in studies:
+        for side in "RL":
+            b = study.labels["breasts"][side]
+            for f in b["findings"]:
+                desc = {k: f[k] for k in ("shape", "margin", "morphology", "distribution", "subtype") if k in f}
+                assert f["birads"] == finding_birads(f["kind"], desc)
+            assert b["birads"] == worst_birads([f["birads"] for f in b["findings"]])
+            assert b["birads"] in BIRADS_ORDER and b["birads"] != "6"
+
+
+def test_category_mix_of_a_twenty_study_block() -> None:
+    for seed in (1, 2):
+        overall = [worst_birads([b.birads for b in sample_labels(seed, i).values()]) for i in range(20)]
+        assert set(overall) == set(BIRADS_ORDER), overall
+        assert sum(c in ("1", "2") for c in overall) >= 11  # mostly normal or benign
+
+
+# ----------------------------------------------------------------------------- report
+
+def _sections(report: str) -> tuple[str, str]:
+    assert report.count("FINDINGS:") == 1 and report.count("IMPRESSION:") == 1
+    assert report.startswith("FINDINGS:")
+    findings, impression = report.split("IMPRESSION:")
+    return findings, impression
+
+
+def test_report_matches_labels(studies: list[PhantomStudy]) -> None:
+    composition = {"A": "almost entirely fatty", "B": "scattered areas of fibroglandular density",
+                   "C": "heterogeneously dense", "D": "extremely dense"}
+    for study in studies:
+        findings, impression = _sections(study.report)
+        sentences = [s.strip() for s in re.split(r"(?<=\.)\s+", findings) if s.strip()]
+        breasts = study.labels["breasts"]
+        assert composition[breasts["R"]["density"]] in findings
+        for side, f in _all_findings(study):
+            words = {"mass": "mass", "calcification": "calcifications",
+                     "architectural_distortion": "architectural distortion", "asymmetry": "asymmetry"}[f["kind"]]
+            descriptor = (f.get("shape") or f.get("morphology") or f.get("subtype") or "").replace("_", " ")
+            diffuse = f["kind"] == "calcification" and f["distribution"] == "diffuse"
+            size = "" if diffuse else f"{round(f['size_mm'])} mm"
+            hits = [s for s in sentences if f"{SIDE[side]} breast" in s.lower() and words in s.lower()
+                    and descriptor in s.lower() and size in s and not s.lower().startswith("no suspicious")]
+            assert len(hits) >= 1, (f, sentences)
+            if not diffuse:
+                assert f"{f['location']['depth']} depth" in hits[0]
+                if f["location"]["clock"] is not None:
+                    assert f"at {f['location']['clock']} o'clock" in hits[0]
+        for side in "RL":
+            m = re.search(rf"^{SIDE[side].capitalize()} breast: BI-RADS (\w+) - ", impression, re.M)
+            assert m and m.group(1) == breasts[side]["birads"], impression
+            if not breasts[side]["findings"]:  # an explicit negative for a clean breast
+                assert any("no suspicious masses, calcifications, or architectural distortion" in s.lower()
+                           and f"{SIDE[side]} breast" in s for s in sentences), sentences
+        overall = worst_birads([breasts[s]["birads"] for s in "RL"])
+        assert f"Overall: BI-RADS {overall} - " in impression
+        assert "BIRADS" not in study.report and "Bi-RADS" not in study.report
+
+
+def test_report_phrasing_varies_but_is_deterministic(studies: list[PhantomStudy]) -> None:
+    first_lines = {s.report.splitlines()[1] for s in studies}
+    assert len(first_lines) > 1
+    assert generate_study(SEED, 0).report == studies[0].report
+
+
+# ----------------------------------------------------------------------------- writing
+
+def test_write_phantom_studies_layout(tmp_path: Path) -> None:
+    calls: list[int] = []
+    dirs = write_phantom_studies(tmp_path / "out", 2, 3, progress=calls.append)
+    assert calls == [1, 1]
+    assert dirs == [tmp_path / "out" / "study-0000", tmp_path / "out" / "study-0001"]
+    for index, d in enumerate(dirs):
+        names = sorted(p.name for p in d.iterdir())
+        assert names == ["L-CC.dcm", "L-MLO.dcm", "R-CC.dcm", "R-MLO.dcm", "labels.json", "report.txt"]
+        labels = json.loads((d / "labels.json").read_text())
+        assert (labels["seed"], labels["index"], labels["size"]) == (3, index, "small")
+        assert set(labels["views"]) == set(VIEWS) and labels["extras"] == {}
+        for key, entry in labels["views"].items():
+            ds = pydicom.dcmread(d / entry["file"])
+            assert entry["file"] == f"{key}.dcm"
+            assert ds.SOPInstanceUID == entry["sop_instance_uid"]
+            assert ds.StudyInstanceUID == labels["study_uid"]
+            assert ds.PatientID == labels["patient_id"] and ds.AccessionNumber == labels["accession_number"]
+        assert set(labels["breasts"]) == {"R", "L"}
+        assert (d / "report.txt").read_text().startswith("FINDINGS:")
+    assert write_phantom_studies(tmp_path / "empty", 0, 3) == []
+
+
+def test_extras_written_with_their_keys(tmp_path: Path) -> None:
+    study = generate_study(SEED, 0, PhantomOptions(extra_views=True))
+    write_study(study, tmp_path)
+    for key in study.extras:
+        assert (tmp_path / f"{key}.dcm").is_file()
+        assert json.loads((tmp_path / "labels.json").read_text())["extras"][key]["file"] == f"{key}.dcm"
+
+
+def test_small_images_render_quickly() -> None:
+    model = _breast("C", 1)
+    render_anatomy(model, "MLO", GRIDS["small"])  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(5):
+        render_view(model, "MLO", [], GRIDS["small"])
+    assert (time.perf_counter() - t0) / 5 < 0.5  # about 0.03 s; only gross regressions fail here
+
+
+def test_replace_keeps_options_frozen() -> None:
+    options = PhantomOptions()
+    with pytest.raises(Exception):
+        options.size = "full"  # type: ignore[misc]
+    assert replace(options, size="full").content_key() != options.content_key()
+    assert replace(options, transfer_syntax="rle").content_key() == options.content_key()
