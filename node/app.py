@@ -18,6 +18,7 @@ from node.assembly import Assembler
 from node.config import Settings
 from node.dicom.scp import DicomListener
 from node.journal import Journal
+from node.logref import set_log_phi
 from node.store import InstanceStore
 
 log = logging.getLogger("mammo_node")
@@ -31,6 +32,7 @@ class NodeApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        set_log_phi(settings.node.log_phi)
         self.journal = Journal(settings.journal_path)
         self.assembler = Assembler(self.journal, settings.assembly)
         self.store = InstanceStore(settings, self.journal, self.assembler)

@@ -15,7 +15,6 @@ from the journal at start: a study that fell due while the node was down closes 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -27,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import AssemblySection
 from node.journal import Journal, StudyRecord
+from node.logref import study_ref
 from node.selection import candidate_from_view, select_views
 from node.views import POSITIONS
 
@@ -159,12 +159,12 @@ class Assembler:
                 columns["incomplete_policy"] = self.config.incomplete_policy
             if not self.journal.transition(study_uid, RECEIVING, state, reason, **columns):
                 return None
-        log.info("study %s %s: %s", study_key(study_uid), state, reason)
+        log.info("study %s %s: %s", study_ref(study_uid), state, reason)
         for listener in self._listeners:
             try:
                 listener(study_uid, state)
             except Exception:  # a consumer's bug must not stop the timers
-                log.exception("study listener failed for %s", study_key(study_uid))
+                log.exception("study listener failed for %s", study_ref(study_uid))
         return state
 
     def _decide(self, study: StudyRecord, now: float) -> tuple[str, str]:
@@ -189,8 +189,3 @@ class Assembler:
             if not i.after_close
         ]
         return select_views(candidates)
-
-
-def study_key(study_uid: str) -> str:
-    """A short, non-identifying handle for logs (see node.log_phi)."""
-    return "s-" + hashlib.sha256(study_uid.encode()).hexdigest()[:10]

@@ -186,7 +186,7 @@ def studies_list(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """List studies with their state, newest first."""
-    from node.assembly import study_key
+    from node.logref import study_key
 
     journal = _journal(_settings(config))
     studies = journal.list_studies(state=state.upper() if state else None, limit=limit)
@@ -208,7 +208,7 @@ def studies_list(
 
 
 def _resolve_study(journal, ident: str) -> str:
-    from node.assembly import study_key
+    from node.logref import study_key
 
     matches = journal.find_studies(ident)
     if not matches and ident.startswith("s-"):
@@ -226,7 +226,8 @@ def studies_show(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Show one study: the four positions and why each instance was chosen, extras, state history."""
-    from node.assembly import Assembler, study_key
+    from node.assembly import Assembler
+    from node.logref import study_key
 
     settings = _settings(config)
     journal = _journal(settings)

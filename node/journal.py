@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS instances (
     series_uid TEXT NOT NULL,
     transfer_syntax TEXT NOT NULL,
     path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    sha256 TEXT,
     size INTEGER NOT NULL,
     calling_aet TEXT,
     peer_host TEXT,
@@ -98,7 +98,7 @@ class InstanceRecord:
     series_uid: str
     transfer_syntax: str
     path: str
-    sha256: str
+    sha256: str | None  # computed only when a duplicate needs comparing
     size: int
     calling_aet: str | None
     peer_host: str | None

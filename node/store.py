@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.assembly import Assembler, study_key
+from node.assembly import Assembler
 from node.config import Settings
 from node.dicom.inspect import (
     STATUS_OUT_OF_RESOURCES,
@@ -31,6 +31,7 @@ from node.dicom.inspect import (
     inspect_instance,
 )
 from node.journal import Journal
+from node.logref import study_ref
 from node.views import identify_view
 
 log = logging.getLogger("mammo_node.store")
@@ -148,11 +149,10 @@ class InstanceStore:
                peer_host: str | None) -> StoreResult:
         view = identify_view(inspected.dataset)
         view_json = view.to_json() | {"label": view.label} | _ranking_facts(inspected)
-        sha = _sha256(incoming)
         size = incoming.stat().st_size
         if self.fsync:
             with open(incoming, "rb") as fh:
-                os.fsync(fh.fileno())
+                os.fdatasync(fh.fileno())
         study_dir = self.spool / inspected.study_uid
         study_dir.mkdir(exist_ok=True)
         ds = inspected.dataset
@@ -161,17 +161,27 @@ class InstanceStore:
             "patient_name": str(ds.get("PatientName", "") or "") or None,
             "accession_number": str(ds.get("AccessionNumber", "") or "") or None,
         }
-        status, comment = STATUS_SUCCESS, None
+        status, comment, sha = STATUS_SUCCESS, None, None
         with self.journal.transaction() as db:
             earlier = db.execute(
-                "SELECT id, sha256 FROM instances WHERE sop_instance_uid = ? ORDER BY id",
+                "SELECT id, sha256, path, size FROM instances WHERE sop_instance_uid = ? ORDER BY id",
                 (inspected.sop_instance_uid,),
             ).fetchall()
-            if any(row["sha256"] == sha for row in earlier):
-                incoming.unlink(missing_ok=True)
-                log.info("duplicate of an instance already stored (identical content) from %s@%s; ignored",
-                         calling_aet, peer_host)
-                return StoreResult(STATUS_SUCCESS, None, int(earlier[0]["id"]), inspected.study_uid)
+            # Content hashes are computed only here, when a SOP Instance UID comes again: the
+            # common path pays nothing for duplicate detection.
+            if earlier:
+                sha = _sha256(incoming)
+                for row in earlier:
+                    if row["sha256"] is None and row["size"] == size:
+                        row_sha = _sha256(self.data_dir / row["path"])
+                        db.execute("UPDATE instances SET sha256 = ? WHERE id = ?", (row_sha, row["id"]))
+                    else:
+                        row_sha = row["sha256"]
+                    if row_sha == sha:
+                        incoming.unlink(missing_ok=True)
+                        log.info("duplicate of an instance already stored (identical content) from %s@%s; "
+                                 "ignored", calling_aet, peer_host)
+                        return StoreResult(STATUS_SUCCESS, None, int(row["id"]), inspected.study_uid)
             name = inspected.sop_instance_uid + (f".dup{len(earlier)}" if earlier else "") + ".dcm"
             target = study_dir / name
             os.replace(incoming, target)
@@ -199,8 +209,8 @@ class InstanceStore:
             status = STATUS_WARNING_DUPLICATE
             comment = "duplicate SOP Instance UID with different content; kept beside the first"
             log.warning("study %s: duplicate SOP Instance UID with different content from %s@%s; kept as %s",
-                        study_key(inspected.study_uid), calling_aet, peer_host, name)
-        log.info("study %s: stored %s (%d bytes) from %s@%s", study_key(inspected.study_uid), view.label,
+                        study_ref(inspected.study_uid), calling_aet, peer_host, name)
+        log.info("study %s: stored %s (%d bytes) from %s@%s", study_ref(inspected.study_uid), view.label,
                  size, calling_aet, peer_host)
         self.assembler.arrived(inspected.study_uid)
         return StoreResult(status, comment, instance_id, inspected.study_uid)

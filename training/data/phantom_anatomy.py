@@ -125,11 +125,13 @@ def sample_breast(rng: np.random.Generator, labels: BreastLabels, mlo_angle_deg:
 
 
 def xccl_shape(shape: BreastShape, rng: np.random.Generator) -> BreastShape:
-    """CC exaggerated laterally: the breast is rolled so its lateral part fills the field
-    and a sliver of pectoral muscle shows at the top of the chest wall."""
-    shift = float(rng.uniform(28.0, 45.0))
-    return replace(shape, axis_y_mm=shape.axis_y_mm + shift, half_up_mm=shape.half_up_mm * 1.1,
-                   pectoral=(float(rng.uniform(8.0, 16.0)), float(rng.uniform(25.0, 45.0)), 0.0))
+    """CC exaggerated laterally: the breast is rotated so its lateral part and axillary tail
+    fill the field (reaching the top edge at the chest wall, with a sliver of pectoral
+    muscle there) while the medial part runs off the bottom edge."""
+    axis = shape.axis_y_mm + float(rng.uniform(25.0, 40.0))
+    return replace(shape, axis_y_mm=axis, half_up_mm=axis + float(rng.uniform(3.0, 12.0)),
+                   power_up=float(rng.uniform(1.4, 1.7)),
+                   pectoral=(float(rng.uniform(10.0, 18.0)), float(rng.uniform(25.0, 45.0)), 0.0))
 
 
 # ----------------------------------------------------------------------------- noise fields

@@ -187,21 +187,25 @@ def _draw_mass(att, mask, ps, cx, cy, f: Finding, proj: Projector, view: str, mo
     floor = 0.7 * ps / radius
     ew = {"circumscribed": 0.03, "microlobulated": 0.05, "indistinct": 0.22, "spiculated": 0.12}.get(margin, 0.03)
     ew = np.float32(max(ew, floor))
+    veil = None
     if margin == "obscured":  # a sector of the margin hidden by overlapping tissue
         phi0 = view_rng.uniform(-math.pi, math.pi)
         sector = np.exp(-((np.angle(np.exp(1j * (phi - phi0)))) / 0.9) ** 2)
         ew = np.maximum(ew, 0.3 * sector).astype(np.float32)
-        ox, oy = cx + radius * math.cos(phi0), cy + radius * math.sin(phi0)
-        veil = np.exp(-((dx + cx - ox) ** 2 + (dy + cy - oy) ** 2) / (2 * (0.8 * radius) ** 2))
-        att[canvas.i0 + sl[0].start: canvas.i0 + sl[0].stop, canvas.j0 + sl[1].start: canvas.j0 + sl[1].stop] += (
-            0.07 * veil * mask[canvas.i0 + sl[0].start: canvas.i0 + sl[0].stop, canvas.j0 + sl[1].start: canvas.j0 + sl[1].stop])
+        ox, oy = radius * math.cos(phi0), radius * math.sin(phi0)
+        veil = 0.07 * np.exp(-((dx - ox) ** 2 + (dy - oy) ** 2) / (2 * (0.8 * radius) ** 2))
     contrast = 0.17 + 0.08 * min(1.0, radius / 10.0)
     core = np.sqrt(np.clip(1.0 - q * q, 0.0, 1.0))
     prof = (0.5 + 0.5 * np.tanh((1.0 - q) / (2.0 * ew))) * (0.5 + 0.5 * core)
     canvas.val[sl] += contrast * prof
     if len(spic):
         _lines(canvas, cx, cy, spic, width=max(0.5, 0.09 * radius), amp=0.5 * contrast, start=0.0)
-    return canvas.commit(0.25)
+    box = canvas.commit(0.25)
+    if veil is not None:  # overlapping normal tissue: drawn, but not part of the finding's box
+        rows = slice(canvas.i0 + sl[0].start, canvas.i0 + sl[0].stop)
+        cols = slice(canvas.j0 + sl[1].start, canvas.j0 + sl[1].stop)
+        att[rows, cols] += veil * mask[rows, cols]
+    return box
 
 
 def _draw_distortion(att, mask, ps, cx, cy, f: Finding, proj: Projector) -> list[int] | None:
