@@ -241,3 +241,17 @@ def test_association_limit(start_node) -> None:
     first.release()
     third = wait_for(lambda: (a := associate(node.port)).is_established and a, timeout=5)
     third.release()
+
+
+def test_concurrent_senders_each_complete_their_study(start_node, phantom_dir: Path) -> None:
+    node = start_node()
+    storescu = require_tool("storescu")
+    study_dirs = sorted(p for p in phantom_dir.iterdir() if p.is_dir())
+    senders = [subprocess.Popen([storescu, "-aec", "MAMMO_NODE", "127.0.0.1", str(node.port),
+                                 *map(str, study_files(d))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for d in study_dirs]
+    assert [p.wait(timeout=120) for p in senders] == [0] * len(study_dirs)
+    for d in study_dirs:
+        uid = study_uid_of(d)
+        study = wait_for(lambda: (s := node.study(uid)) and s.state == COMPLETE and s)
+        assert study.instance_count == 4

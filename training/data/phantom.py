@@ -61,7 +61,8 @@ class PhantomOptions:
         if self.laterality_attr not in ("image", "series"):
             raise ValueError(f"laterality_attr must be 'image' or 'series', not {self.laterality_attr!r}")
         if self.transfer_syntax not in TRANSFER_SYNTAXES:
-            raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, not {self.transfer_syntax!r}")
+            raise ValueError(
+                f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, not {self.transfer_syntax!r}")
 
     def content_key(self) -> str:
         """Options that change the stored content (hence the Series/SOP Instance UIDs).
@@ -183,7 +184,8 @@ def generate_study(seed: int, index: int, options: PhantomOptions = PhantomOptio
         images[spot_key] = (pixels, _image_info(seed, index, options, spot_key, "CC", 5, models[spot_side], 0.0,
                                                 thickness_scale=0.8, force_scale=1.2, modifiers=("spot_compression",)))
         xrng = np.random.default_rng([seed, index, 0xCC1])
-        xccl = render_view(models[other], "XCCL", breasts[other].findings, grid, shape=xccl_shape(models[other].cc, xrng))
+        xccl = render_view(models[other], "XCCL", breasts[other].findings, grid,
+                           shape=xccl_shape(models[other].cc, xrng))
         for f in breasts[other].findings:
             if f.id in xccl.boxes:
                 f.boxes[xccl_key] = xccl.boxes[f.id]

@@ -188,7 +188,8 @@ _RECIPES: dict[str, list[tuple[str, dict[str, str]]]] = {
     + [("architectural_distortion", {}), ("architectural_distortion", {})],
     "4C": [("mass", {"shape": "irregular", "margin": "indistinct"}),
            ("mass", {"shape": "oval", "margin": "spiculated"})]
-    + [("calcification", {"morphology": "fine_pleomorphic", "distribution": d}) for d in ("grouped", "linear", "segmental")]
+    + [("calcification", {"morphology": "fine_pleomorphic", "distribution": d})
+       for d in ("grouped", "linear", "segmental")]
     + [("calcification", {"morphology": "fine_linear_branching", "distribution": "grouped"})],
     "5": [("mass", {"shape": "irregular", "margin": "spiculated"}),
           ("mass", {"shape": "irregular", "margin": "spiculated"}),

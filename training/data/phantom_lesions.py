@@ -102,7 +102,8 @@ class _Canvas:
         if peak <= 0:
             return None
         ys, xs = np.nonzero(self.val > threshold * peak)
-        return [int(xs.min() + self.j0), int(ys.min() + self.i0), int(xs.max() + self.j0 + 1), int(ys.max() + self.i0 + 1)]
+        return [int(xs.min() + self.j0), int(ys.min() + self.i0),
+                int(xs.max() + self.j0 + 1), int(ys.max() + self.i0 + 1)]
 
 
 def _blob(canvas: _Canvas, cx: float, cy: float, direction: tuple[float, float], length: float,
@@ -151,7 +152,7 @@ def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _draw_mass(att, mask, ps, cx, cy, f: Finding, proj: Projector, view: str, model: BreastModel) -> list[int] | None:
+def _draw_mass(att, mask, ps, cx, cy, f: Finding, proj: Projector, view: str) -> list[int] | None:
     rng = np.random.default_rng([f.seed, 1])
     view_rng = np.random.default_rng([f.seed, 2, ("CC", "MLO").index(view)])
     shape_d, margin = f.descriptors["shape"], f.descriptors["margin"]
@@ -247,12 +248,14 @@ _CALC = {
     "punctate": ({"grouped": (5, 12), "regional": (15, 30), "diffuse": (25, 50)}, (0.2, 0.45), (1.0, 1.2), 0.36),
     "amorphous": ({"grouped": (10, 22), "regional": (25, 50), "segmental": (20, 40)}, (0.1, 0.25), (1.0, 1.3), 0.16),
     "coarse_heterogeneous": ({"grouped": (6, 15), "regional": (15, 30)}, (0.4, 0.9), (1.2, 2.0), 0.3),
-    "fine_pleomorphic": ({"grouped": (8, 20), "linear": (10, 24), "segmental": (20, 40)}, (0.1, 0.4), (1.0, 3.0), 0.38),
-    "fine_linear_branching": ({"grouped": (8, 15), "linear": (12, 25), "segmental": (20, 40)}, (0.12, 0.25), (3.0, 8.0), 0.36),
+    "fine_pleomorphic": (
+        {"grouped": (8, 20), "linear": (10, 24), "segmental": (20, 40)}, (0.1, 0.4), (1.0, 3.0), 0.38),
+    "fine_linear_branching": (
+        {"grouped": (8, 15), "linear": (12, 25), "segmental": (20, 40)}, (0.12, 0.25), (3.0, 8.0), 0.36),
 }
 
 
-def _calc_particles(f: Finding, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _calc_particles(f: Finding, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """3-D particle offsets, 3-D orientations, lengths, widths and amplitudes."""
     morph, dist = f.descriptors["morphology"], f.descriptors["distribution"]
     counts, diam, elong, amp = _CALC[morph]
@@ -304,7 +307,8 @@ def _draw_calcifications(att, mask, ps, cx, cy, f: Finding, proj: Projector, vie
     keep = mask[pix[:, 1], pix[:, 0]]
     if not keep.any():  # never lose the whole finding: keep the particle nearest the centre
         keep[np.argmin(np.hypot(centers[:, 0] - cx, centers[:, 1] - cy))] = True
-    centers, d2, norm, lengths, widths, amps = centers[keep], d2[keep], norm[keep], lengths[keep], widths[keep], amps[keep]
+    centers, d2, norm = centers[keep], d2[keep], norm[keep]
+    lengths, widths, amps = lengths[keep], widths[keep], amps[keep]
     margin = float(lengths.max()) + 3 * ps
     lo, hi = centers.min(axis=0) - margin, centers.max(axis=0) + margin
     canvas = _Canvas.around(att, mask, ps, lo[0], lo[1], hi[0], hi[1])
@@ -328,7 +332,7 @@ def draw_findings(att: np.ndarray, mask: np.ndarray, grid: PixelGrid, shape: Bre
         radius = min(f.size_mm / 2.0, 20.0) if f.kind != "calcification" else min(f.size_mm / 2.0, 8.0)
         cx, cy = lesion_center(shape, view, model, f.u, f.r, f.angle_deg, f.laterality, radius)
         if f.kind == "mass":
-            box = _draw_mass(att, mask, ps, cx, cy, f, proj, view, model)
+            box = _draw_mass(att, mask, ps, cx, cy, f, proj, view)
         elif f.kind == "calcification":
             box = _draw_calcifications(att, mask, ps, cx, cy, f, proj, view, shape, model)
         elif f.kind == "architectural_distortion":

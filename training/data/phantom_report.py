@@ -123,7 +123,8 @@ def _recommendation(breasts: dict[str, dict[str, Any]], rng: np.random.Generator
     if overall == "3":
         return f"Short-interval follow-up diagnostic mammography of {where} in 6 months."
     if overall == "0":
-        return f"Recall for additional imaging evaluation of {where} (spot compression views and ultrasound as needed)."
+        return (f"Recall for additional imaging evaluation of {where}"
+                " (spot compression views and ultrasound as needed).")
     return f"Tissue sampling (image-guided biopsy) of {where} is recommended."
 
 
