@@ -255,3 +255,26 @@ def test_concurrent_senders_each_complete_their_study(start_node, phantom_dir: P
         uid = study_uid_of(d)
         study = wait_for(lambda: (s := node.study(uid)) and s.state == COMPLETE and s)
         assert study.instance_count == 4
+
+
+def test_for_presentation_is_chosen_over_for_processing_on_the_wire(start_node, tmp_path: Path) -> None:
+    node = start_node()
+    write_phantom_studies(tmp_path / "pres", 1, seed=21, options=PhantomOptions())
+    write_phantom_studies(tmp_path / "proc", 1, seed=21, options=PhantomOptions(for_processing=True))
+    pres_dir, proc_dir = next((tmp_path / "pres").iterdir()), next((tmp_path / "proc").iterdir())
+    uid = study_uid_of(pres_dir)
+    # The For Processing twin of R-CC, in the same study, with its own SOP Instance UID.
+    twin = load(proc_dir / "R-CC.dcm")
+    twin.StudyInstanceUID = uid
+    twin.SOPInstanceUID = twin.SOPInstanceUID + ".9" if len(twin.SOPInstanceUID) < 62 else "2.25.4242"
+    assoc = associate(node.port, [("1.2.840.10008.5.1.4.1.1.1.2.1", ExplicitVRLittleEndian),
+                                  (MG_PRESENTATION, ExplicitVRLittleEndian)])
+    assert assoc.send_c_store(twin).Status == 0
+    for view in ("R-CC", "R-MLO", "L-CC", "L-MLO"):
+        assert assoc.send_c_store(pres_dir / f"{view}.dcm").Status == 0
+    assoc.release()
+    study = wait_for(lambda: (s := node.study(uid)) and s.state == COMPLETE and s)
+    chosen = study.selection["positions"]["R-CC"]
+    assert chosen["sop_instance_uid"] == str(dcmread(pres_dir / "R-CC.dcm", stop_before_pixels=True).SOPInstanceUID)
+    assert "For Presentation preferred over For Processing" in chosen["why"]
+    assert chosen["over"] == [str(twin.SOPInstanceUID)]
