@@ -18,7 +18,7 @@ install:
 	VENV=$(VENV) scripts/install.sh
 
 install-dev:
-	VENV=$(VENV) scripts/install.sh --dev --system
+	VENV=$(VENV) scripts/install.sh --dev --train --system
 
 bench: install-dev
 	$(PY) -m bench.ingest

@@ -1,0 +1,158 @@
+"""Training configuration: one TOML file per run, validated like the node's.
+
+``mammo-train <command> --config FILE`` reads it; every key has a default so a config file
+only states what differs. Defaults follow the official VersaMammo code where it is sound and
+say so where we deviate (see docs/training.md). ``training/configs/`` holds the shipped
+presets: ``versamammo_tiny.toml`` (2 CPU cores, minutes) and ``versamammo_full.toml`` (GPU
+clusters, torchrun).
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(_Section):
+    """Where outputs go and how the run executes."""
+
+    out_dir: Path = Path("runs/versamammo")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on GPU; CPU runs fp32 or bf16
+    num_workers: int = Field(default=0, ge=0)
+    log_every: int = Field(default=10, ge=1)  # iterations between JSON-lines metric records
+    checkpoint_every: int = Field(default=0, ge=0)  # iterations; 0 = at the end of each epoch only
+    distributed_backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+class ModelSection(_Section):
+    """Which VersaMammo preset (models.versamammo) and optional overrides."""
+
+    size: Literal["tiny", "full"] = "tiny"
+    teacher_checkpoint: Path | None = None  # official DINOv2-format or our own stage-1 checkpoint
+    student_checkpoint: Path | None = None  # official student or our own stage-2 checkpoint
+
+
+class DataSection(_Section):
+    """Where images and labels come from (training.data)."""
+
+    kind: Literal["phantom", "vindr", "manifest"] = "phantom"
+    root: Path | None = None  # phantom studies folder, VinDr-Mammo root, or the manifest CSV
+    phantom_studies: int = Field(default=48, ge=1)  # generated on the fly when root is None
+    phantom_seed: int = 0
+    phantom_size: Literal["small", "full"] = "small"
+    cache_dir: Path | None = Path("var/cache/preprocessed")
+    split_seed: int = 0
+    val_fraction: float = Field(default=0.15, ge=0, lt=1)
+    test_fraction: float = Field(default=0.15, ge=0, lt=1)
+
+
+class SSLSection(_Section):
+    """Stage 1: DINOv2-style self-distillation of the ViT teacher (official defaults)."""
+
+    epochs: int = Field(default=100, ge=1)
+    iterations_per_epoch: int = Field(default=1250, ge=1)  # OFFICIAL_EPOCH_LENGTH
+    batch_size_per_rank: int = Field(default=4, ge=1)
+    base_lr: float = 1e-4  # scaled by sqrt(total batch / 1024), as DINOv2 does
+    min_lr: float = 1e-6
+    warmup_epochs: int = Field(default=30, ge=0)
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    momentum_teacher: float = 0.994
+    final_momentum_teacher: float = 1.0
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_final: float = 0.07
+    warmup_teacher_temp_epochs: int = Field(default=30, ge=0)
+    student_temp: float = 0.1
+    centering: Literal["centering", "sinkhorn_knopp"] = "centering"
+    center_momentum: float = 0.9
+    dino_loss_weight: float = 1.0
+    ibot_loss_weight: float = 1.0
+    koleo_loss_weight: float = 0.1
+    mask_sample_probability: float = 0.5
+    mask_ratio_min: float = 0.1
+    mask_ratio_max: float = 0.5
+    global_crops_scale: tuple[float, float] = (0.95, 1.0)
+    local_crops_number: int = Field(default=2, ge=0)
+    local_crops_scale: tuple[float, float] = (0.2, 0.6)
+    patch_embed_lr_mult: float = 0.2
+    layerwise_decay: float = 1.0
+    clip_grad: float = 3.0
+    freeze_last_layer_epochs: int = Field(default=1, ge=0)
+    drop_path_rate: float = 0.4
+    use_fsdp: bool = False  # shard the teacher/student with FSDP under torchrun
+
+
+class DistillSection(_Section):
+    """Stage 2: supervised training of the EfficientNet student with knowledge distillation."""
+
+    epochs: int = Field(default=30, ge=1)
+    batch_size_per_rank: int = Field(default=28, ge=2)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ce_weight: float = 10.0  # lambda2 on CE(BI-RADS) + CE(density)
+    kd_weight: float = 1.0  # lambda1 on the relational distillation loss
+    kd_temperature: float = 1.0  # official: no temperature
+    # official: F.kl_div(log_softmax(S_teacher), softmax(S_student)) = KL(student || teacher)
+    kd_direction: Literal["student_teacher", "teacher_student"] = "student_teacher"
+    contrastive_weight: float = 1.0
+    contrastive_temperature: float = 0.07
+    low_res_size: int = 224  # the *different* low-resolution view (the official code passes the same tensor)
+    findings_weight: float = 1.0
+    teacher_features: Literal["offline", "online"] = "offline"
+
+
+class EvalSection(_Section):
+    """Evaluation: which split and how many bootstrap resamples for the 95% intervals."""
+
+    split: Literal["val", "test"] = "test"
+    bootstrap: int = Field(default=1000, ge=0)
+
+
+class TrainConfig(_Section):
+    """One training run."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    ssl: SSLSection = Field(default_factory=SSLSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+
+class TrainConfigError(Exception):
+    """Invalid training configuration; the message names every bad key."""
+
+
+def load_train_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML training config (optional) with dotted-key ``overrides`` applied on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TrainConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise TrainConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        lines = [f"invalid training configuration ({path or 'defaults'}):"]
+        for item in exc.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            lines.append(f"  {key}: {'unknown key' if item['type'] == 'extra_forbidden' else item['msg']}")
+        raise TrainConfigError("\n".join(lines)) from None
