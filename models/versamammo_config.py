@@ -1,0 +1,135 @@
+"""VersaMammo model configurations: the official-size ``full`` preset and a CPU-sized ``tiny`` one.
+
+One frozen dataclass describes both networks (stage-1 ViT teacher, stage-2 EfficientNet
+student) so that a checkpoint can embed it (``dataclasses.asdict``) and be rebuilt from it alone.
+``tiny`` keeps every code path of ``full`` (same-padding EfficientNet, patch-14 ViT with
+interpolated positional embeddings, separate DINO and iBOT heads) at a size that trains on two
+CPU cores in minutes. See docs/models.md for the table and where each value comes from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+# Stage-2 normalisation of the official student (Mammo-CLIP constants, after /255).
+STUDENT_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.3089,), (0.2505,))
+# The official downstream code instead normalises with 0.5/0.5 (docs/models.md, "Normalisation").
+DOWNSTREAM_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.5,), (0.5,))
+# The stage-1 teacher uses ImageNet statistics (DINOv2 default).
+IMAGENET_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class VersaMammoConfig:
+    """Every architectural number of the VersaMammo teacher and student.
+
+    Fields after ``n_findings`` are additions to the agreed API; they default to the official
+    values so that configs written by older code still load.
+    """
+
+    size: str  # "full" | "tiny" (free text for custom configs)
+    student_backbone: str  # timm model name
+    student_input: int  # square input side in pixels
+    student_dim: int  # pooled feature dimension (= conv-head channels)
+    student_grid: int  # final feature-grid side at student_input (input / 32)
+    student_norm: tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) after /255
+    teacher_arch: str  # see models.versamammo_teacher.teacher_geometry
+    teacher_global: int  # global crop side; the positional embedding is learnt for this grid
+    teacher_local: int  # local crop side
+    teacher_norm: tuple[tuple[float, ...], tuple[float, ...]]
+    dino_prototypes: int
+    dino_bottleneck: int
+    dino_hidden: int
+    ibot_prototypes: int
+    ibot_bottleneck: int
+    ibot_hidden: int
+    drop_path_rate: float  # teacher (ViT) stochastic depth, uniform over blocks as in the official run
+    n_birads: int = 6
+    n_density: int = 4
+    n_findings: int = 10
+    # --- additions -------------------------------------------------------------------------
+    # Image side for which the student's stride-2 TF-"same" pads are computed once and then kept
+    # fixed at every input size (efficientnet_pytorch's Conv2dStaticSamePadding). None = timm's
+    # dynamic padding. full: 456, the official B5 default image size (fed 512 downstream).
+    student_pad_size: int | None = 456
+    student_dropout: float = 0.4  # on the pooled feature before the heads (include_top Dropout)
+    student_drop_path_rate: float = 0.2  # drop-connect of efficientnet_pytorch B5
+    student_bn_momentum: float = 0.01  # PyTorch convention; B5 uses 1 - 0.99
+    teacher_patch: int = 14
+    teacher_layerscale: float = 1e-5
+    teacher_interpolate_offset: float = 0.1  # DINOv2 positional-embedding interpolation offset
+
+    def __post_init__(self) -> None:
+        if self.student_input % 32:
+            raise ValueError(f"student_input {self.student_input} is not a multiple of 32")
+        if self.student_grid != self.student_input // 32:
+            raise ValueError(f"student_grid {self.student_grid} != student_input // 32")
+        for name in ("teacher_global", "teacher_local"):
+            if getattr(self, name) % self.teacher_patch:
+                raise ValueError(f"{name} {getattr(self, name)} is not a multiple of {self.teacher_patch}")
+
+
+_FULL = VersaMammoConfig(
+    size="full",
+    student_backbone="tf_efficientnet_b5",
+    student_input=512,
+    student_dim=2048,
+    student_grid=16,
+    student_norm=STUDENT_NORM,
+    teacher_arch="vit_base_patch14_dinov2",
+    teacher_global=224,
+    teacher_local=98,
+    teacher_norm=IMAGENET_NORM,
+    dino_prototypes=131072,
+    dino_bottleneck=384,
+    dino_hidden=2048,
+    ibot_prototypes=131072,
+    ibot_bottleneck=256,
+    ibot_hidden=2048,
+    drop_path_rate=0.4,
+)
+
+_TINY = VersaMammoConfig(
+    size="tiny",
+    student_backbone="tf_efficientnet_b0",
+    student_input=128,
+    student_dim=1280,
+    student_grid=4,
+    student_norm=STUDENT_NORM,
+    teacher_arch="vit_tiny_patch14_d4",
+    teacher_global=56,
+    teacher_local=28,
+    teacher_norm=IMAGENET_NORM,
+    dino_prototypes=512,
+    dino_bottleneck=64,
+    dino_hidden=256,
+    ibot_prototypes=512,
+    ibot_bottleneck=64,
+    ibot_hidden=256,
+    drop_path_rate=0.1,
+    student_pad_size=128,  # pads computed at the training size: same result as dynamic padding there
+)
+
+_PRESETS = {"full": _FULL, "tiny": _TINY}
+
+
+def config_for(size: str) -> VersaMammoConfig:
+    """The preset for ``size`` ("full" or "tiny")."""
+    try:
+        return _PRESETS[size]
+    except KeyError:
+        raise ValueError(f"unknown VersaMammo size {size!r}; expected one of {sorted(_PRESETS)}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> VersaMammoConfig:
+    """Rebuild a config from ``dataclasses.asdict`` output (lists back to tuples); unknown keys fail."""
+    known = {f.name for f in fields(VersaMammoConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown VersaMammo config keys: {unknown}")
+    values = dict(data)
+    for key in ("student_norm", "teacher_norm"):
+        if key in values:
+            mean, std = values[key]
+            values[key] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    return VersaMammoConfig(**values)

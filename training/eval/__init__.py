@@ -1,0 +1,1 @@
+"""Evaluation metrics shared by every training stage and by model packaging."""

@@ -1,0 +1,1 @@
+"""Stage 2: supervised training of the EfficientNet student with knowledge distillation."""

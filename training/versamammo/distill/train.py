@@ -1,0 +1,346 @@
+"""Stage-2 training loop: ``run_distill(cfg) -> Path`` (the best student checkpoint, our format).
+
+    total = L_contrastive(high, low) + kd_weight * L_KD(teacher, student)
+            + ce_weight * (CE_birads + CE_density) + findings_weight * BCE_findings
+
+(official weights: kd 1, ce 10, contrastive 1; findings BCE only where findings are labelled).
+The teacher is frozen; its features are either computed once for every training image and
+cached (``teacher_features = "offline"``, as the official code does) or computed each step
+(``"online"``). The student starts from ``model.student_checkpoint`` (official or ours) or at
+random. Model selection uses the validation split only (mean of density accuracy and BI-RADS
+macro-F1), never the test split.
+
+Outputs in ``run.out_dir/distill/``: ``checkpoint_<iteration>.pt`` (full training state,
+resumed automatically), ``metrics.jsonl``, ``teacher_features.pt`` (offline cache),
+``student_best.pt`` and ``student_last.pt`` (``models.versamammo.load_checkpoint``).
+Under torchrun each rank trains on its shard (DDP); the relational and contrastive terms use
+each rank's own batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from models.versamammo import (
+    VersaMammoConfig, VersaMammoStudent, build_student, config_for, load_checkpoint, load_official_student,
+    load_official_teacher, read_checkpoint, save_checkpoint,
+)
+from training import distributed as du
+from training.checkpoint import checkpoint_path, latest_checkpoint, load_training_state, prune_checkpoints, \
+    save_training_state
+from training.data.cache import PreprocessedCache
+from training.data.datasets import MammoImageDataset
+from training.data.records import ImageRecord, load_records
+from training.eval.classification import accuracy, macro_f1
+from training.metrics_log import MetricsLogger
+from training.versamammo.distill.data import TwoViewTransform, student_preprocess_config, teacher_input
+from training.versamammo.distill.losses import (
+    contrastive_structure_loss, masked_bce, masked_ce, relational_kd_loss,
+)
+
+log = logging.getLogger(__name__)
+
+BEST = "student_best.pt"
+LAST = "student_last.pt"
+FEATURES = "teacher_features.pt"
+
+
+class DistillModule(nn.Module):
+    """Both student passes in one forward, so DDP sees a single graph per step."""
+
+    def __init__(self, student: VersaMammoStudent) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, high: torch.Tensor, low: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.student(high), self.student.features(low)
+
+
+# ----------------------------------------------------------------------------- model loading
+def load_student(cfg: Any, model_cfg: VersaMammoConfig) -> VersaMammoStudent:
+    """The starting student: ``model.student_checkpoint`` (ours or official) or random init."""
+    path = cfg.model.student_checkpoint
+    if path is None:
+        return build_student(model_cfg)
+    try:
+        info = read_checkpoint(path)
+    except (ValueError, KeyError, TypeError):
+        info = None
+    if info is not None:
+        return load_checkpoint(path, kind="student")
+    return load_official_student(path)
+
+
+def find_teacher(cfg: Any) -> Path:
+    """``model.teacher_checkpoint`` or the stage-1 output of this run."""
+    if cfg.model.teacher_checkpoint is not None:
+        return Path(cfg.model.teacher_checkpoint)
+    from training.versamammo.ssl.train import TEACHER_FINAL
+
+    candidate = Path(cfg.run.out_dir) / "ssl" / TEACHER_FINAL
+    if not candidate.exists():
+        raise FileNotFoundError(
+            f"no teacher: set model.teacher_checkpoint or run `mammo-train versamammo-ssl` first ({candidate})")
+    return candidate
+
+
+def load_teacher_backbone(path: Path, model_cfg: VersaMammoConfig) -> nn.Module:
+    try:
+        read_checkpoint(path)
+        teacher = load_checkpoint(path, kind="teacher")
+    except (ValueError, KeyError, TypeError):
+        teacher = load_official_teacher(path, model_cfg)
+    backbone = teacher.backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone
+
+
+# ----------------------------------------------------------------------- teacher features
+def _features_key(teacher_path: Path, records: list[ImageRecord]) -> str:
+    digest = hashlib.sha256()
+    stat = teacher_path.stat()
+    digest.update(f"{teacher_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for r in records:
+        digest.update(str(r.path).encode())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def offline_teacher_features(dataset: MammoImageDataset, backbone: nn.Module, model_cfg: VersaMammoConfig,
+                             device: torch.device, cache_file: Path, key: str, batch: int = 32) -> torch.Tensor:
+    """Teacher CLS features for every training image, computed once (rank 0) and cached."""
+    if cache_file.exists():
+        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if cached.get("key") == key:
+            return cached["features"]
+    if du.is_main():
+        backbone.to(device)
+        chunks = []
+        for start in range(0, len(dataset), batch):
+            views = [teacher_input(dataset.prepared(i).image, model_cfg) for i in
+                     range(start, min(start + batch, len(dataset)))]
+            chunks.append(backbone(torch.stack(views).to(device))["cls"].float().cpu())
+        features = torch.cat(chunks) if chunks else torch.zeros(0)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        from training.checkpoint import atomic_torch_save
+
+        atomic_torch_save({"key": key, "features": features}, cache_file)
+    du.barrier()
+    return torch.load(cache_file, map_location="cpu", weights_only=True)["features"]
+
+
+# ------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(student: VersaMammoStudent, dataset: MammoImageDataset, device: torch.device,
+            batch: int = 32) -> dict[str, np.ndarray]:
+    """Head probabilities and labels over a dataset (eval mode, high-resolution view)."""
+    student.eval()
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in
+                                         ("birads", "density", "findings", "y_birads", "y_density",
+                                          "y_findings", "findings_mask")}
+    for item in loader:
+        image = item["image"]["high"] if isinstance(item["image"], dict) else item["image"]
+        result = student(image.to(device))
+        out["birads"].append(result["birads"].softmax(1).float().cpu().numpy())
+        out["density"].append(result["density"].softmax(1).float().cpu().numpy())
+        out["findings"].append(result["findings"].sigmoid().float().cpu().numpy())
+        out["y_birads"].append(item["birads"].numpy())
+        out["y_density"].append(item["density"].numpy())
+        out["y_findings"].append(item["findings"].numpy())
+        out["findings_mask"].append(item["findings_mask"].numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def selection_score(pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validation metrics and the model-selection score (mean of density acc and BI-RADS macro-F1)."""
+    metrics: dict[str, float] = {}
+    yd, yb = pred["y_density"], pred["y_birads"]
+    d_keep, b_keep = yd >= 0, yb >= 0
+    metrics["density_acc"] = accuracy(yd[d_keep], pred["density"][d_keep].argmax(1)) if d_keep.any() else float("nan")
+    metrics["birads_macro_f1"] = (macro_f1(yb[b_keep], pred["birads"][b_keep].argmax(1), pred["birads"].shape[1])
+                                  if b_keep.any() else float("nan"))
+    parts = [v for v in metrics.values() if not np.isnan(v)]
+    metrics["score"] = float(np.mean(parts)) if parts else 0.0
+    return metrics
+
+
+# ---------------------------------------------------------------------------------- the run
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type != "cuda" and dtype == torch.float16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _split(records: list[ImageRecord], split: str) -> list[ImageRecord]:
+    return [r for r in records if r.split == split]
+
+
+def run_distill(cfg: Any, *, max_iterations: int | None = None) -> Path:
+    """Train the student; returns the best (validation) checkpoint path. Resumes automatically."""
+    info = du.init_distributed(cfg.run.device, cfg.run.distributed_backend)
+    try:
+        return _run(cfg, info, max_iterations)
+    finally:
+        du.cleanup()
+
+
+def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
+    dcfg = cfg.distill
+    device = info.device
+    du.seed_everything(cfg.run.seed)
+    out_dir = Path(cfg.run.out_dir) / "distill"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = config_for(cfg.model.size)
+    records = load_records(cfg.data)
+    train_records, val_records = _split(records, "train"), _split(records, "val")
+    if not train_records:
+        raise ValueError("no training images (check data.* and the split fractions)")
+    pre = student_preprocess_config(model_cfg)
+    cache = PreprocessedCache(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    online = dcfg.teacher_features == "online"
+    train_set = MammoImageDataset(train_records, pre, cache,
+                                  TwoViewTransform(model_cfg, dcfg.low_res_size, train=True, online_teacher=online))
+    val_set = MammoImageDataset(val_records, pre, cache, TwoViewTransform(model_cfg, dcfg.low_res_size, train=False))
+
+    teacher_path = find_teacher(cfg)
+    teacher = load_teacher_backbone(teacher_path, model_cfg).to(device)
+    features = None
+    if not online:
+        features = offline_teacher_features(train_set, teacher, model_cfg, device, out_dir / FEATURES,
+                                            _features_key(teacher_path, train_records))
+
+    student = load_student(cfg, model_cfg).to(device)
+    module: nn.Module = DistillModule(student)
+    if info.distributed:
+        module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(student.parameters(), lr=dcfg.lr, weight_decay=dcfg.weight_decay)
+    precision = cfg.run.precision if device.type == "cuda" else ("bf16" if cfg.run.precision == "bf16" else "fp32")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    sampler = (DistributedSampler(train_set, shuffle=True, seed=cfg.run.seed, drop_last=True)
+               if info.distributed else RandomSampler(train_set, generator=generator))
+    loader = DataLoader(train_set, batch_size=dcfg.batch_size_per_rank, sampler=sampler, drop_last=True,
+                        num_workers=cfg.run.num_workers, persistent_workers=cfg.run.num_workers > 0)
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training images are fewer than one batch of {dcfg.batch_size_per_rank}")
+    total = dcfg.epochs * per_epoch
+    if max_iterations is not None:
+        total = min(total, max_iterations)
+
+    start_iteration, best = 0, {"score": -1.0}
+    resume = latest_checkpoint(out_dir)
+    if resume is not None:
+        state = load_training_state(resume, model=student, optimizer=optimizer, scaler=scaler)
+        start_iteration = int(state["iteration"])
+        best = state["extra"].get("best", best)
+        if du.is_main():
+            log.info("resumed stage 2 from %s at iteration %d", resume, start_iteration)
+    metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start_iteration)
+    config_json = json.loads(cfg.model_dump_json())
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress("stage 2", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        "{task.fields[loss]}", disable=not du.is_main())
+    iteration = start_iteration
+    with progress, metrics:
+        task = progress.add_task("distill", total=total, completed=start_iteration, loss="")
+        while iteration < total:
+            epoch = iteration // per_epoch
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            else:
+                generator.manual_seed(cfg.run.seed * 100_003 + epoch)
+            skip = iteration - epoch * per_epoch  # resume inside an epoch: same batches, skipped
+            student.train()
+            tick = time.perf_counter()
+            for position, batch in enumerate(loader):
+                if position < skip:
+                    continue
+                if iteration >= total:
+                    break
+                views = batch["image"]
+                high, low = views["high"].to(device), views["low"].to(device)
+                if online:
+                    with torch.no_grad():
+                        teacher_feat = teacher(views["teacher"].to(device))["cls"].float()
+                else:
+                    teacher_feat = features[batch["index"]].to(device)
+                with _autocast(device, precision):
+                    out, low_feat = module(high, low)
+                    ce = masked_ce(out["birads"].float(), batch["birads"].to(device)) + \
+                        masked_ce(out["density"].float(), batch["density"].to(device))
+                    kd = relational_kd_loss(teacher_feat, out["feature"].float(), dcfg.kd_temperature,
+                                            dcfg.kd_direction)
+                    con = contrastive_structure_loss(out["feature"].float(), low_feat.float(),
+                                                     dcfg.contrastive_temperature)
+                    bce = masked_bce(out["findings"].float(), batch["findings"].to(device),
+                                     batch["findings_mask"].to(device))
+                    loss = dcfg.contrastive_weight * con + dcfg.kd_weight * kd + dcfg.ce_weight * ce + \
+                        dcfg.findings_weight * bce
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"stage-2 loss is {loss.item()} at iteration {iteration}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                iteration += 1
+                progress.update(task, advance=1, loss=f"loss {loss.item():.3f}")
+                if iteration % cfg.run.log_every == 0 or iteration == total:
+                    values = du.reduce_dict_mean({"loss": loss.item(), "ce": ce.item(), "kd": kd.item(),
+                                                  "contrastive": con.item(), "findings_bce": bce.item()})
+                    elapsed = time.perf_counter() - tick
+                    metrics.log({"stage": "distill", "iteration": iteration, "epoch": epoch, **values,
+                                 "images_per_s": cfg.distill.batch_size_per_rank * info.world_size /
+                                 max(elapsed, 1e-9)})
+                tick = time.perf_counter()
+                if cfg.run.checkpoint_every and iteration % cfg.run.checkpoint_every == 0:
+                    save_training_state(checkpoint_path(out_dir, iteration), model=student, optimizer=optimizer,
+                                        scaler=scaler, iteration=iteration, epoch=epoch, config=config_json,
+                                        extra={"best": best})
+            if iteration % per_epoch == 0 or iteration == total:
+                best = _end_of_epoch(student, val_set, device, out_dir, model_cfg, metrics, iteration, epoch, best)
+                save_training_state(checkpoint_path(out_dir, iteration), model=student, optimizer=optimizer,
+                                    scaler=scaler, iteration=iteration, epoch=epoch, config=config_json,
+                                    extra={"best": best})
+                if du.is_main():
+                    prune_checkpoints(out_dir, keep=2)
+    if du.is_main():
+        save_checkpoint(student, out_dir / LAST, extra={"stage": "distill", "iterations": iteration})
+        if not (out_dir / BEST).exists():
+            save_checkpoint(student, out_dir / BEST, extra={"stage": "distill", "iterations": iteration})
+    du.barrier()
+    return out_dir / BEST
+
+
+def _end_of_epoch(student: VersaMammoStudent, val_set: MammoImageDataset, device: torch.device, out_dir: Path,
+                  model_cfg: VersaMammoConfig, metrics: MetricsLogger, iteration: int, epoch: int,
+                  best: dict[str, Any]) -> dict[str, Any]:
+    """Validate (rank 0), keep the best student by the validation score."""
+    if du.is_main() and len(val_set):
+        scores = selection_score(predict(student, val_set, device))
+        metrics.log({"stage": "distill", "iteration": iteration, "epoch": epoch,
+                     **{f"val_{k}": v for k, v in scores.items()}})
+        if scores["score"] > best.get("score", -1.0):
+            best = {"score": scores["score"], "epoch": epoch, "iteration": iteration, **scores}
+            save_checkpoint(student, out_dir / BEST,
+                            extra={"stage": "distill", "selected_on": "val", "val": scores, "epoch": epoch})
+    student.train()
+    return du.broadcast_object(best)
