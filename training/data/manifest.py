@@ -1,0 +1,73 @@
+"""Records from a generic CSV manifest, for any data set that is not VinDr-Mammo or a phantom.
+
+Columns (header required; order free):
+
+    path        DICOM file; relative paths are relative to the CSV's folder
+    study       study identifier
+    patient     optional; defaults to the study (split grouping)
+    laterality  L | R
+    view        CC | MLO | ...
+    birads      0-5, "4A", "BI-RADS 3"...; empty = unlabelled (6 is dropped: not a screening class)
+    density     A-D or 1-4; empty = unlabelled
+    findings    ';'-separated FINDING_CLASSES names; empty = none present; '-' or no column = unlabelled
+    split       optional: train | val | test (also training/validation); empty = assign later
+
+Unknown finding names, lateralities or splits are errors with the line number: a silently
+dropped label is a wrong label.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from models.labels import birads_index, density_index, finding_index
+from training.data.records import ImageRecord
+
+REQUIRED = ("path", "study", "laterality", "view")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test", "": None}
+
+
+def _findings(text: str | None, where: str) -> tuple[int, ...] | None:
+    if text is None or text.strip() == "-":
+        return None
+    out = set()
+    for name in (n.strip() for n in text.split(";")):
+        if not name:
+            continue
+        index = finding_index(name)
+        if index is None:
+            raise ValueError(f"{where}: unknown finding {name!r}")
+        out.add(index)
+    return tuple(sorted(out))
+
+
+def manifest_records(csv_path: Path) -> list[ImageRecord]:
+    """One record per CSV row."""
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    records = []
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {missing}")
+        for line, row in enumerate(reader, start=2):
+            where = f"{csv_path.name}:{line}"
+            side = row["laterality"].strip().upper()
+            if side not in ("L", "R"):
+                raise ValueError(f"{where}: laterality must be L or R, not {row['laterality']!r}")
+            split_text = (row.get("split") or "").strip().lower()
+            if split_text not in _SPLIT_ALIASES:
+                raise ValueError(f"{where}: unknown split {row['split']!r}")
+            path = Path(row["path"].strip())
+            study = row["study"].strip()
+            records.append(ImageRecord(
+                path=path if path.is_absolute() else base / path, study_id=study,
+                patient_id=(row.get("patient") or "").strip() or study,
+                laterality=side, view=row["view"].strip().upper(),
+                birads=birads_index((row.get("birads") or "").strip() or None),
+                density=density_index((row.get("density") or "").strip() or None),
+                findings=_findings(row.get("findings"), where),
+                split=_SPLIT_ALIASES[split_text]))
+    return records

@@ -1,0 +1,83 @@
+"""Records from the VinDr-Mammo release layout (PhysioNet).
+
+    root/breast-level_annotations.csv   study_id, series_id, image_id, laterality, view_position,
+                                        height, width, breast_birads ("BI-RADS 1".."BI-RADS 5"),
+                                        breast_density ("DENSITY A".."DENSITY D"), split ("training"/"test")
+    root/finding_annotations.csv        image_id, finding_categories ("['Mass', 'Suspicious Calcification']"
+                                        or "['No Finding']"), boxes, ... (one row per finding)
+    root/images/<study_id>/<image_id>.dicom
+
+VinDr-Mammo has one study per patient and no separate patient column, so the study is the
+patient for split grouping. Its own split is kept: "test" stays test, and validation is carved
+out of "training" deterministically by study (same rule as ``assign_splits``), so the official
+test set is never touched.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from models.labels import birads_index, density_index, finding_index
+from training.data.records import ImageRecord
+from training.data.splits import assign_splits
+
+NO_FINDING = "no finding"
+
+
+def parse_categories(text: str) -> list[str]:
+    """``"['Mass', 'Suspicious Calcification']"`` -> names (a Python list literal, read safely)."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = [part.strip(" '\"") for part in text.strip("[]").split(",")]
+    if isinstance(value, str):
+        value = [value]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _findings_by_image(path: Path) -> dict[str, set[int]]:
+    """Finding class indices per image_id; images listed only with "No Finding" get an empty set."""
+    out: dict[str, set[int]] = defaultdict(set)
+    if not path.is_file():
+        return out
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            found = out[row["image_id"].strip()]
+            for name in parse_categories(row.get("finding_categories", "")):
+                if name.lower() == NO_FINDING:
+                    continue
+                index = finding_index(name)
+                if index is None:
+                    raise ValueError(f"{path.name}: unknown finding category {name!r} (image {row['image_id']})")
+                found.add(index)
+    return out
+
+
+def vindr_records(root: Path, val_fraction: float = 0.1, seed: int = 0) -> list[ImageRecord]:
+    """One record per image of breast-level_annotations.csv; findings None for images absent from
+    finding_annotations.csv. "training" -> train/val (``val_fraction`` of the studies), "test" -> test."""
+    root = Path(root)
+    findings = _findings_by_image(root / "finding_annotations.csv")
+    has_findings_file = (root / "finding_annotations.csv").is_file()
+    records = []
+    with (root / "breast-level_annotations.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            study, image = row["study_id"].strip(), row["image_id"].strip()
+            split = row.get("split", "").strip().lower()
+            found = findings.get(image) if has_findings_file else None
+            records.append(ImageRecord(
+                path=root / "images" / study / f"{image}.dicom", study_id=study, patient_id=study,
+                laterality=row["laterality"].strip().upper(), view=row["view_position"].strip().upper(),
+                birads=birads_index(row.get("breast_birads")), density=density_index(row.get("breast_density")),
+                findings=None if found is None else tuple(sorted(found)),
+                split="test" if split == "test" else None))
+    # Carve val out of the "training" studies only; the official test set stays as it is.
+    training = [i for i, r in enumerate(records) if r.split is None]
+    for i, r in zip(training, assign_splits([records[i] for i in training], seed, val_fraction, 0.0)):
+        records[i] = r
+    return records
