@@ -89,6 +89,16 @@ class SSLSection(_Section):
     freeze_last_layer_epochs: int = Field(default=1, ge=0)
     drop_path_rate: float = 0.4
     use_fsdp: bool = False  # shard the teacher/student with FSDP under torchrun
+    # --- additions for training/versamammo/ssl (docs/training-ssl.md) ----------------------
+    # Warm start: our teacher checkpoint or an official DINOv2-format one (student and teacher
+    # start from it; the official run had its `pretrained_weights` line commented out).
+    init_checkpoint: Path | None = None
+    # True reproduces the official GaussianBlur quirk (blur applied with 1 - p); we fix it.
+    official_blur_bug: bool = False
+    keep_checkpoints: int = Field(default=3, ge=1)  # training-state files kept in out_dir/ssl/
+    # End the run (final teacher export) at this iteration while the schedules stay sized by
+    # `epochs`: the released teacher is iteration 325k of a 1000-epoch schedule.
+    stop_at_iteration: int | None = Field(default=None, ge=1)
 
 
 class DistillSection(_Section):

@@ -14,9 +14,11 @@ with the teacher's statistics, goes to the frozen teacher each step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
@@ -81,3 +83,24 @@ def teacher_input(img8: np.ndarray, model: VersaMammoConfig) -> torch.Tensor:
     size = model.teacher_global
     resized = F.interpolate(base, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return _normalise(resized, *model.teacher_norm)
+
+
+class SeededDataset(Dataset):
+    """``dataset[(index, seed)]``: item ``index`` of ``base`` with its augmentation drawn from ``seed``.
+
+    The random draws of the transforms happen inside a forked RNG seeded per sample, so an
+    item depends only on (index, seed): a resumed run sees exactly the batches and views the
+    uninterrupted run would have, whatever the number of loader workers.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return self.base[int(index)]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 from models.versamammo import (
     VersaMammoConfig, VersaMammoStudent, build_student, config_for, load_checkpoint, load_official_student,
@@ -43,7 +43,7 @@ from training.data.datasets import MammoImageDataset
 from training.data.records import ImageRecord, load_records
 from training.eval.classification import accuracy, macro_f1
 from training.metrics_log import MetricsLogger
-from training.versamammo.distill.data import TwoViewTransform, student_preprocess_config, teacher_input
+from training.versamammo.distill.data import SeededDataset, TwoViewTransform, student_preprocess_config, teacher_input
 from training.versamammo.distill.losses import (
     contrastive_structure_loss, masked_bce, masked_ce, relational_kd_loss,
 )
@@ -146,7 +146,9 @@ def predict(student: VersaMammoStudent, dataset: MammoImageDataset, device: torc
             batch: int = 32) -> dict[str, np.ndarray]:
     """Head probabilities and labels over a dataset (eval mode, high-resolution view)."""
     student.eval()
-    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
+    # its own generator, so evaluation never draws from the global RNG of the training run
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0,
+                        generator=torch.Generator().manual_seed(0))
     out: dict[str, list[np.ndarray]] = {k: [] for k in
                                          ("birads", "density", "findings", "y_birads", "y_density",
                                           "y_findings", "findings_mask")}
@@ -232,14 +234,10 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     precision = cfg.run.precision if device.type == "cuda" else ("bf16" if cfg.run.precision == "bf16" else "fp32")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
 
-    generator = torch.Generator().manual_seed(cfg.run.seed)
-    sampler = (DistributedSampler(train_set, shuffle=True, seed=cfg.run.seed, drop_last=True)
-               if info.distributed else RandomSampler(train_set, generator=generator))
-    loader = DataLoader(train_set, batch_size=dcfg.batch_size_per_rank, sampler=sampler, drop_last=True,
-                        num_workers=cfg.run.num_workers, persistent_workers=cfg.run.num_workers > 0)
-    per_epoch = len(loader)
+    per_epoch = len(train_set) // (dcfg.batch_size_per_rank * info.world_size)
     if per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images are fewer than one batch of {dcfg.batch_size_per_rank}")
+        raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
+                         f"{dcfg.batch_size_per_rank} per rank x {info.world_size} ranks")
     total = dcfg.epochs * per_epoch
     if max_iterations is not None:
         total = min(total, max_iterations)
@@ -253,6 +251,13 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
         if du.is_main():
             log.info("resumed stage 2 from %s at iteration %d", resume, start_iteration)
     metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start_iteration)
+    # (image, augmentation seed) batches as a pure function of the iteration: exact resume
+    from training.versamammo.ssl.data import SSLBatchSampler
+
+    sampler = SSLBatchSampler(len(train_set), dcfg.batch_size_per_rank, total, seed=cfg.run.seed, rank=info.rank,
+                              world_size=info.world_size, start_iteration=start_iteration)
+    loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.run.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.run.seed))
     config_json = json.loads(cfg.model_dump_json())
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -262,66 +267,36 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     iteration = start_iteration
     with progress, metrics:
         task = progress.add_task("distill", total=total, completed=start_iteration, loss="")
-        while iteration < total:
+        student.train()
+        tick = time.perf_counter()
+        for batch in loader:
             epoch = iteration // per_epoch
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
-            else:
-                generator.manual_seed(cfg.run.seed * 100_003 + epoch)
-            skip = iteration - epoch * per_epoch  # resume inside an epoch: same batches, skipped
-            student.train()
+            teacher_feat = None if online else features[batch["index"]]
+            loss, parts = _step(module, teacher, batch, teacher_feat, dcfg, device, precision)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage-2 loss is {loss.item()} at iteration {iteration}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            iteration += 1
+            progress.update(task, advance=1, loss=f"loss {parts['loss']:.3f}")
+            if iteration % cfg.run.log_every == 0 or iteration == total:
+                elapsed = time.perf_counter() - tick
+                metrics.log({"stage": "distill", "iteration": iteration, "epoch": epoch,
+                             **du.reduce_dict_mean(parts),
+                             "images_per_s": dcfg.batch_size_per_rank * info.world_size / max(elapsed, 1e-9)})
             tick = time.perf_counter()
-            for position, batch in enumerate(loader):
-                if position < skip:
-                    continue
-                if iteration >= total:
-                    break
-                views = batch["image"]
-                high, low = views["high"].to(device), views["low"].to(device)
-                if online:
-                    with torch.no_grad():
-                        teacher_feat = teacher(views["teacher"].to(device))["cls"].float()
-                else:
-                    teacher_feat = features[batch["index"]].to(device)
-                with _autocast(device, precision):
-                    out, low_feat = module(high, low)
-                    ce = masked_ce(out["birads"].float(), batch["birads"].to(device)) + \
-                        masked_ce(out["density"].float(), batch["density"].to(device))
-                    kd = relational_kd_loss(teacher_feat, out["feature"].float(), dcfg.kd_temperature,
-                                            dcfg.kd_direction)
-                    con = contrastive_structure_loss(out["feature"].float(), low_feat.float(),
-                                                     dcfg.contrastive_temperature)
-                    bce = masked_bce(out["findings"].float(), batch["findings"].to(device),
-                                     batch["findings_mask"].to(device))
-                    loss = dcfg.contrastive_weight * con + dcfg.kd_weight * kd + dcfg.ce_weight * ce + \
-                        dcfg.findings_weight * bce
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"stage-2 loss is {loss.item()} at iteration {iteration}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                iteration += 1
-                progress.update(task, advance=1, loss=f"loss {loss.item():.3f}")
-                if iteration % cfg.run.log_every == 0 or iteration == total:
-                    values = du.reduce_dict_mean({"loss": loss.item(), "ce": ce.item(), "kd": kd.item(),
-                                                  "contrastive": con.item(), "findings_bce": bce.item()})
-                    elapsed = time.perf_counter() - tick
-                    metrics.log({"stage": "distill", "iteration": iteration, "epoch": epoch, **values,
-                                 "images_per_s": cfg.distill.batch_size_per_rank * info.world_size /
-                                 max(elapsed, 1e-9)})
-                tick = time.perf_counter()
-                if cfg.run.checkpoint_every and iteration % cfg.run.checkpoint_every == 0:
-                    save_training_state(checkpoint_path(out_dir, iteration), model=student, optimizer=optimizer,
-                                        scaler=scaler, iteration=iteration, epoch=epoch, config=config_json,
-                                        extra={"best": best})
-            if iteration % per_epoch == 0 or iteration == total:
-                best = _end_of_epoch(student, val_set, device, out_dir, model_cfg, metrics, iteration, epoch, best)
+            end_of_epoch = iteration % per_epoch == 0 or iteration == total
+            if end_of_epoch:
+                best = _end_of_epoch(student, val_set, device, out_dir, metrics, iteration, epoch, best)
+            if end_of_epoch or (cfg.run.checkpoint_every and iteration % cfg.run.checkpoint_every == 0):
                 save_training_state(checkpoint_path(out_dir, iteration), model=student, optimizer=optimizer,
                                     scaler=scaler, iteration=iteration, epoch=epoch, config=config_json,
                                     extra={"best": best})
                 if du.is_main():
                     prune_checkpoints(out_dir, keep=2)
+                tick = time.perf_counter()
     if du.is_main():
         save_checkpoint(student, out_dir / LAST, extra={"stage": "distill", "iterations": iteration})
         if not (out_dir / BEST).exists():
@@ -330,9 +305,30 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     return out_dir / BEST
 
 
+def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_feat: torch.Tensor | None,
+          dcfg: Any, device: torch.device, precision: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """One stage-2 loss (see the module docstring) and its parts as plain floats."""
+    views = batch["image"]
+    if teacher_feat is None:  # online teacher
+        with torch.no_grad():
+            teacher_feat = teacher(views["teacher"].to(device))["cls"].float()
+    teacher_feat = teacher_feat.to(device)
+    with _autocast(device, precision):
+        out, low_feat = module(views["high"].to(device), views["low"].to(device))
+    feature = out["feature"].float()
+    ce = masked_ce(out["birads"].float(), batch["birads"].to(device)) + \
+        masked_ce(out["density"].float(), batch["density"].to(device))
+    kd = relational_kd_loss(teacher_feat, feature, dcfg.kd_temperature, dcfg.kd_direction)
+    con = contrastive_structure_loss(feature, low_feat.float(), dcfg.contrastive_temperature)
+    bce = masked_bce(out["findings"].float(), batch["findings"].to(device), batch["findings_mask"].to(device))
+    loss = dcfg.contrastive_weight * con + dcfg.kd_weight * kd + dcfg.ce_weight * ce + dcfg.findings_weight * bce
+    parts = {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(), "contrastive": con.item(),
+             "findings_bce": bce.item()}
+    return loss, parts
+
+
 def _end_of_epoch(student: VersaMammoStudent, val_set: MammoImageDataset, device: torch.device, out_dir: Path,
-                  model_cfg: VersaMammoConfig, metrics: MetricsLogger, iteration: int, epoch: int,
-                  best: dict[str, Any]) -> dict[str, Any]:
+                  metrics: MetricsLogger, iteration: int, epoch: int, best: dict[str, Any]) -> dict[str, Any]:
     """Validate (rank 0), keep the best student by the validation score."""
     if du.is_main() and len(val_set):
         scores = selection_score(predict(student, val_set, device))

@@ -1,0 +1,99 @@
+"""Stage 2 end to end on tiny phantoms: views, teacher features, resume, selection, evaluation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.versamammo import build_teacher, config_for, load_checkpoint, read_checkpoint, save_checkpoint
+from training.config import load_train_config
+from training.metrics_log import read_metrics
+from training.versamammo.distill.data import TwoViewTransform
+from training.versamammo.distill.train import BEST, FEATURES, LAST, run_distill
+from training.versamammo.evaluate import run_eval
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_checkpoint(build_teacher(config_for("tiny")), path)
+    return path
+
+
+def _cfg(tmp: Path, teacher: Path, **extra):
+    overrides = {
+        "run.out_dir": str(tmp / "run"), "run.log_every": 1, "data.cache_dir": str(tmp.parent / "cache"),
+        "data.phantom_studies": 12, "data.val_fraction": 0.25, "data.test_fraction": 0.25,
+        "model.teacher_checkpoint": str(teacher), "distill.batch_size_per_rank": 4, "distill.epochs": 2,
+        "distill.low_res_size": 64, "eval.bootstrap": 20,
+    }
+    overrides.update(extra)
+    return load_train_config(Path("training/configs/versamammo_tiny.toml"), overrides)
+
+
+def test_two_views_differ_and_use_the_serving_normalisation() -> None:
+    cfg = config_for("tiny")
+    img = (np.arange(128 * 128) % 251).astype(np.uint8).reshape(128, 128)
+    torch.manual_seed(0)
+    views = TwoViewTransform(cfg, low_res_size=64, train=True, online_teacher=True)(img)
+    assert views["high"].shape == (3, 128, 128) and views["low"].shape == (3, 64, 64)
+    assert views["teacher"].shape == (3, cfg.teacher_global, cfg.teacher_global)
+    # The low-res view is not the high-res tensor resized: it is augmented (the official bug fixed).
+    plain = TwoViewTransform(cfg, low_res_size=64, train=False)(img)
+    assert not torch.allclose(views["low"], plain["low"])
+    # Evaluation: the high view is exactly the node's preprocessing normalisation.
+    from models.preprocess import normalize
+    from training.versamammo.distill.data import student_preprocess_config
+
+    assert torch.allclose(plain["high"], torch.from_numpy(normalize(img, student_preprocess_config(cfg))), atol=1e-6)
+
+
+def test_run_resume_selection_and_eval(tmp_path: Path, teacher_file: Path) -> None:
+    cfg = _cfg(tmp_path / "a", teacher_file)
+    best = run_distill(cfg)
+    out = tmp_path / "a" / "run" / "distill"
+    assert best == out / BEST and best.exists() and (out / LAST).exists()
+    extra = read_checkpoint(best)["extra"]
+    assert extra["selected_on"] == "val"
+    features = torch.load(out / FEATURES, weights_only=True)["features"]
+    assert features.shape[1] == 192  # tiny teacher CLS width
+    records = read_metrics(out / "metrics.jsonl")
+    train_records = [r for r in records if "loss" in r]
+    assert train_records and all(np.isfinite(r["loss"]) for r in train_records)
+    assert any("val_score" in r for r in records)
+
+    # Interrupt after 3 iterations, then resume: the same final weights as one straight run.
+    straight = load_checkpoint(out / LAST, kind="student").state_dict()
+    cfg_b = _cfg(tmp_path / "b", teacher_file)
+    run_distill(cfg_b, max_iterations=3)
+    run_distill(cfg_b)
+    resumed = load_checkpoint(tmp_path / "b" / "run" / "distill" / LAST, kind="student").state_dict()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+
+    report = run_eval(cfg)
+    assert report["split"] == "test" and report["images"] > 0
+    for task in ("birads", "density"):
+        assert set(report[task]) == {"n", "accuracy", "macro_f1", "macro_auc"}
+        low, high = report[task]["accuracy"]["ci95"]
+        assert low <= report[task]["accuracy"]["value"] <= high
+    json.dumps(report)  # the --json output is plain JSON
+
+
+def test_online_teacher_features(tmp_path: Path, teacher_file: Path) -> None:
+    cfg = _cfg(tmp_path, teacher_file, **{"distill.teacher_features": "online", "distill.epochs": 1})
+    best = run_distill(cfg)
+    assert best.exists()
+    assert not (tmp_path / "run" / "distill" / FEATURES).exists()
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = load_train_config(Path("training/configs/versamammo_tiny.toml"),
+                            {"run.out_dir": str(tmp_path / "run"), "data.cache_dir": str(tmp_path / "cache"),
+                             "data.phantom_studies": 4})
+    with pytest.raises(FileNotFoundError, match="versamammo-ssl"):
+        run_distill(cfg)
