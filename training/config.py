@@ -67,7 +67,6 @@ class SSLSection(_Section):
     weight_decay_end: float = 0.2
     momentum_teacher: float = 0.994
     final_momentum_teacher: float = 1.0
-    teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_final: float = 0.07
     warmup_teacher_temp_epochs: int = Field(default=30, ge=0)

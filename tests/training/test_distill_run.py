@@ -97,3 +97,38 @@ def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
                              "data.phantom_studies": 4})
     with pytest.raises(FileNotFoundError, match="versamammo-ssl"):
         run_distill(cfg)
+
+
+def test_torchrun_two_cpu_processes(tmp_path: Path, teacher_file: Path) -> None:
+    """``torchrun --nproc_per_node=2 -m training.cli versamammo-distill`` on the gloo backend."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from training.checkpoint import latest_checkpoint, read_training_state
+    from training.data.records import load_records
+
+    cfg = _cfg(tmp_path, teacher_file, **{"distill.epochs": 1})
+    load_records(cfg.data)  # generate the phantoms once, before two ranks would race to
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    overrides = {"run.out_dir": tmp_path / "run", "run.log_every": 1, "data.cache_dir": cfg.data.cache_dir,
+                 "data.phantom_studies": 12, "data.val_fraction": 0.25, "data.test_fraction": 0.25,
+                 "model.teacher_checkpoint": teacher_file, "distill.batch_size_per_rank": 4,
+                 "distill.epochs": 1, "distill.low_res_size": 64}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "training.cli", "versamammo-distill",
+           "--config", "training/configs/versamammo_tiny.toml"]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={value}"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "run" / "distill"
+    state = read_training_state(latest_checkpoint(out))
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert (out / LAST).exists() and (out / BEST).exists()
+    iterations = [r["iteration"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert iterations == sorted(set(iterations))  # one record per iteration: only rank 0 writes

@@ -41,6 +41,7 @@ from training.checkpoint import checkpoint_path, latest_checkpoint, load_trainin
 from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset
 from training.data.records import ImageRecord, load_records
+from training.data.sampling import SeededBatchSampler
 from training.eval.classification import accuracy, macro_f1
 from training.metrics_log import MetricsLogger
 from training.versamammo.distill.data import SeededDataset, TwoViewTransform, student_preprocess_config, teacher_input
@@ -252,9 +253,7 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
             log.info("resumed stage 2 from %s at iteration %d", resume, start_iteration)
     metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start_iteration)
     # (image, augmentation seed) batches as a pure function of the iteration: exact resume
-    from training.versamammo.ssl.data import SSLBatchSampler
-
-    sampler = SSLBatchSampler(len(train_set), dcfg.batch_size_per_rank, total, seed=cfg.run.seed, rank=info.rank,
+    sampler = SeededBatchSampler(len(train_set), dcfg.batch_size_per_rank, total, seed=cfg.run.seed, rank=info.rank,
                               world_size=info.world_size, start_iteration=start_iteration)
     loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.run.num_workers,
                         generator=torch.Generator().manual_seed(cfg.run.seed))

@@ -11,7 +11,7 @@ multi-crop augmentation):
   scales to the full pretraining set;
 * :func:`phantom_image_source` prepares phantom studies in memory (tests, probes).
 
-Batches are a pure function of ``(seed, iteration, rank)``: :class:`SSLBatchSampler` walks an
+Batches are a pure function of ``(seed, iteration, rank)``: :class:`SeededBatchSampler` walks an
 endless stream of global sample positions; position ``p`` belongs to data pass ``p // n`` and
 is image ``perm_pass[p % n]`` of a seeded permutation, with its own augmentation seed.
 Iteration ``it`` of rank ``r`` takes positions ``(it * world + r) * batch + [0, batch)``, so a
@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from training.versamammo.ssl.augment import MultiCropAugmentation
 
@@ -130,45 +130,6 @@ def phantom_image_source(seed: int, studies: Sequence[int], size: str = "small")
 
 
 # ------------------------------------------------------------------------------- batching
-def sample_seed(seed: int, position: int) -> int:
-    """Augmentation seed of global sample position ``position``."""
-    return int(np.random.SeedSequence([int(seed), int(position), 0x55A1]).generate_state(1)[0])
-
-
-class SSLBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Yields, for iterations ``start_iteration .. total_iterations - 1``, this rank's batch as
-    ``[(image index, augmentation seed), ...]`` (see the module docstring)."""
-
-    def __init__(self, n_images: int, batch_size: int, total_iterations: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, start_iteration: int = 0) -> None:
-        if n_images < 1:
-            raise ValueError("no training images")
-        self.n, self.batch_size = int(n_images), int(batch_size)
-        self.total, self.start = int(total_iterations), int(start_iteration)
-        self.seed, self.rank, self.world = int(seed), int(rank), int(world_size)
-        self._perm_pass = -1
-        self._perm: list[int] = []
-
-    def __len__(self) -> int:
-        return max(0, self.total - self.start)
-
-    def _image_at(self, position: int) -> int:
-        pass_ = position // self.n
-        if pass_ != self._perm_pass:
-            g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, pass_, 0x9E37]).generate_state(1)[0]))
-            self._perm = torch.randperm(self.n, generator=g).tolist()
-            self._perm_pass = pass_
-        return self._perm[position % self.n]
-
-    def batch(self, iteration: int) -> list[tuple[int, int]]:
-        first = (iteration * self.world + self.rank) * self.batch_size
-        return [(self._image_at(p), sample_seed(self.seed, p)) for p in range(first, first + self.batch_size)]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for it in range(self.start, self.total):
-            yield self.batch(it)
-
-
 class SSLDataset(Dataset):
     """``dataset[(index, seed)]`` -> the multi-crop views of image ``index`` drawn with ``seed``."""
 

@@ -46,7 +46,8 @@ from training.checkpoint import (
 from training.metrics_log import MetricsLogger
 from training.schedules import Schedule, cosine_schedule, linear_warmup_constant
 from training.versamammo.ssl.augment import AugmentConfig, MultiCropAugmentation
-from training.versamammo.ssl.data import SSLBatchSampler, SSLDataset, build_image_source
+from training.data.sampling import SeededBatchSampler
+from training.versamammo.ssl.data import SSLDataset, build_image_source
 from training.versamammo.ssl.masking import SSLCollate
 from training.versamammo.ssl.meta_arch import SSLMetaArch, StudentForward, last_layer_parameters
 
@@ -328,7 +329,7 @@ def _train_loop(cfg: Any, info: du.DistInfo, meta: SSLMetaArch, optimizer: torch
 
     source = build_image_source(cfg, "train")
     augmentation = MultiCropAugmentation(AugmentConfig.from_configs(ssl, model_cfg))
-    sampler = SSLBatchSampler(len(source), ssl.batch_size_per_rank, stop, seed=cfg.run.seed, rank=info.rank,
+    sampler = SeededBatchSampler(len(source), ssl.batch_size_per_rank, stop, seed=cfg.run.seed, rank=info.rank,
                               world_size=info.world_size, start_iteration=start)
     collate = SSLCollate(model_cfg.teacher_patch, model_cfg.teacher_global, ssl.mask_sample_probability,
                          ssl.mask_ratio_min, ssl.mask_ratio_max)
