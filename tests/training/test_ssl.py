@@ -29,13 +29,6 @@ from training.versamammo.ssl.meta_arch import SSLMetaArch, last_layer_parameters
 from training.versamammo.ssl.train import build_schedules, no_weight_decay, official_teacher_state, param_groups
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one intra-op thread is faster and steadier than two under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny():
