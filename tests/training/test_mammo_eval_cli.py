@@ -32,7 +32,7 @@ def parse_report(text, language=None):
             result.breasts[side].density = "B"
     if "right breast mass" in low:
         result.breasts["R"].findings["mass"].status = "POS"
-        result.relations.append(("mass", "located_at", "upper_outer_quadrant"))
+        result.relations.append(("mass", "located_at", "uoq"))
     return result
 
 module = types.ModuleType("models.reportparse")
@@ -129,11 +129,11 @@ def test_parse_json_lines_and_table(tmp_path: Path) -> None:
     assert [line["id"] for line in lines] == ["r1", "r2", "r3", "r4"]
     assert lines[2]["breasts"]["R"]["birads"] == "4A" and lines[2]["breasts"]["L"]["density"] == "C"
     assert lines[2]["breasts"]["R"]["findings"]["mass"]["status"] == "POS"
-    assert lines[2]["relations"] == [["mass", "located_at", "upper_outer_quadrant"]]
+    assert lines[2]["relations"] == [["mass", "located_at", "uoq"]]
     table = run_stub("parse", str(file))
     assert table.returncode == 0, table.stderr
     assert "report r3" in table.stdout and "4A" in table.stdout and "mass: POS" in table.stdout
-    assert "mass --located_at--> upper_outer_quadrant" in table.stdout
+    assert "mass --located_at--> uoq" in table.stdout
     assert "calcification" not in table.stdout  # BLANK findings are not listed
 
 

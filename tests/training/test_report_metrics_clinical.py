@@ -71,14 +71,14 @@ def test_finding_f1_per_report_dice_both_empty_is_one() -> None:
 
 
 RELATION_REFS = [
-    report(relations=[("mass", "located_at", "upper_outer_quadrant"),
+    report(relations=[("mass", "located_at", "uoq"),
                       ("calcification", "modified_by", "fine_pleomorphic")]),
     report(relations=[("asymmetry", "located_at", "lower_inner_quadrant")]),
     report(),
 ]
 RELATION_PREDS = [
-    report(relations=[("mass", "located_at", "upper_outer_quadrant"), ("mass", "suggestive_of", "benign"),
-                      ["mass", "located_at", "upper_outer_quadrant"]]),  # duplicate (as a list) counts once
+    report(relations=[("mass", "located_at", "uoq"), ("mass", "suggestive_of", "benign"),
+                      ["mass", "located_at", "uoq"]]),  # duplicate (as a list) counts once
     report(),
     report(),
 ]
