@@ -220,8 +220,10 @@ def build_dataset(
     ds.PixelPaddingValue = maxv if monochrome1 else 0
     # VOI LUT: a window spanning the tissue range of the stored values.
     if not for_processing:
-        center = 0.45 * maxv
-        ds.WindowCenter = f"{(maxv - center) if monochrome1 else center:.0f}"
+        center = round(0.45 * maxv)
+        # MONOCHROME1: the exact mirror under DICOM's LINEAR window (centre c - 0.5) is max - c + 1,
+        # so both photometric interpretations display (and preprocess) identically.
+        ds.WindowCenter = str(maxv - center + 1 if monochrome1 else center)
         ds.WindowWidth = f"{0.9 * maxv:.0f}"
         ds.WindowCenterWidthExplanation = "STANDARD"
         ds.VOILUTFunction = "LINEAR"
