@@ -82,6 +82,48 @@ def versamammo_eval(
         print_report(report)
 
 
+@app.command("mammorg-knowledge")
+def mammorg_knowledge(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
+    """MammoRG stage 1: build the model (tokenizer, graph, report bank) and train the knowledge modules."""
+    from training.mammorg.knowledge import run_knowledge
+
+    err.print(f"knowledge model: {run_knowledge(_config(config, overrides))}")
+
+
+@app.command("mammorg-align")
+def mammorg_align(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
+    """MammoRG stage 2a: train the projectors and the term-token rows on the reports."""
+    from training.mammorg.lm_stages import run_lm_stage
+
+    err.print(f"aligned model: {run_lm_stage(_config(config, overrides), 'align')}")
+
+
+@app.command("mammorg-sft")
+def mammorg_sft(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
+    """MammoRG stage 2b: terminology-aware SFT with LoRA, merged into the LM at the end."""
+    from training.mammorg.lm_stages import run_lm_stage
+
+    err.print(f"fine-tuned model: {run_lm_stage(_config(config, overrides), 'sft')}")
+
+
+@app.command("mammorg-eval")
+def mammorg_eval(
+    config: Optional[Path] = ConfigOption,
+    overrides: list[str] = SetOption,
+    model: Optional[Path] = typer.Option(None, "--model", help="Saved MammoRG directory (default: the run's SFT model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Generate reports for eval.split, parse them and print clinical and NLG metrics with 95% intervals."""
+    from training.eval.cli import _json_safe, _print_metrics
+    from training.mammorg.evaluate import run_mammorg_eval
+
+    report = run_mammorg_eval(_config(config, overrides), model)
+    if as_json:
+        sys.stdout.write(json.dumps(_json_safe(report), indent=2) + "\n")
+    else:
+        _print_metrics(report)
+
+
 def main() -> None:
     app()
 

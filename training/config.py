@@ -43,7 +43,7 @@ class ModelSection(_Section):
 class DataSection(_Section):
     """Where images and labels come from (training.data)."""
 
-    kind: Literal["phantom", "vindr", "manifest"] = "phantom"
+    kind: Literal["phantom", "vindr", "manifest", "reports"] = "phantom"  # "reports": MammoRG JSONL (training.mammorg.data)
     root: Path | None = None  # phantom studies folder, VinDr-Mammo root, or the manifest CSV
     phantom_studies: int = Field(default=48, ge=1)  # generated on the fly when root is None
     phantom_seed: int = 0
@@ -119,6 +119,66 @@ class DistillSection(_Section):
     teacher_features: Literal["offline", "online"] = "offline"
 
 
+class MammoRGSection(_Section):
+    """MammoRG model and tokenizer (models.mammorg); the frozen student is ``model.student_checkpoint``."""
+
+    size: Literal["tiny", "full"] = "tiny"
+    lm_path: Path | None = None  # local Hugging Face causal LM directory; None = built from the preset (tiny)
+    tokenizer_path: Path | None = None  # local tokenizer directory; None = BPE trained on the training reports
+    tokenizer_vocab: int = Field(default=2000, ge=300)
+    terms_language: Literal["en", "zh", "all"] = "all"  # which lexicon surface forms become atomic tokens
+    knowledge: bool = True  # False: no graph or report tokens (the ablation)
+    prompt: str | None = None  # must contain <image> once; None = the preset's
+    max_report_tokens: int = Field(default=512, ge=8)  # longer training targets are truncated, and counted
+    retrieval_temperature: float = Field(default=0.05, gt=0)
+    # A language model built from config starts random; these epochs of plain next-token training
+    # on the training reports stand in for the pretrained LLM of the full config (0 = none).
+    lm_warmup_epochs: int = Field(default=0, ge=0)
+    lm_warmup_lr: float = 1e-3
+
+
+class KnowledgeSection(_Section):
+    """Stage 1: graph, cross-attention and retrieval trained through classification heads."""
+
+    epochs: int = Field(default=11, ge=1)
+    batch_size_per_rank: int = Field(default=64, ge=1)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+
+
+class AlignSection(_Section):
+    """Stage 2a: projectors and the new term-token rows (official: 1 epoch, batch 16, lr 1e-3)."""
+
+    epochs: int = Field(default=1, ge=1)
+    batch_size_per_rank: int = Field(default=16, ge=1)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+
+
+class SFTSection(_Section):
+    """Stage 2b: LoRA on every linear layer of the LM, projectors and term rows (official: 3 epochs, lr 1e-4)."""
+
+    epochs: int = Field(default=3, ge=1)
+    batch_size_per_rank: int = Field(default=4, ge=1)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    lora_r: int = Field(default=64, ge=1)
+    lora_alpha: int = Field(default=128, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    gradient_checkpointing: bool = False
+
+
+class GenerateSection(_Section):
+    """Report generation for evaluation (and the defaults saved with the model)."""
+
+    max_new_tokens: int = Field(default=1024, ge=1)
+    num_beams: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+
+
 class EvalSection(_Section):
     """Evaluation: which split and how many bootstrap resamples for the 95% intervals."""
 
@@ -135,6 +195,11 @@ class TrainConfig(_Section):
     ssl: SSLSection = Field(default_factory=SSLSection)
     distill: DistillSection = Field(default_factory=DistillSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    mammorg: MammoRGSection = Field(default_factory=MammoRGSection)
+    knowledge: KnowledgeSection = Field(default_factory=KnowledgeSection)
+    align: AlignSection = Field(default_factory=AlignSection)
+    sft: SFTSection = Field(default_factory=SFTSection)
+    generate: GenerateSection = Field(default_factory=GenerateSection)
 
 
 class TrainConfigError(Exception):

@@ -1,0 +1,104 @@
+"""MammoRG stages end to end on a few phantoms: each stage starts from the previous one, resumes,
+merges LoRA, and the evaluation command scores generated reports against the references."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from models.mammorg import load_mammorg
+from training.cli import app
+from training.config import load_train_config
+from training.mammorg.common import model_dir, stage_dir
+from training.mammorg.knowledge import run_knowledge
+from training.mammorg.lm_stages import run_lm_stage
+from training.metrics_log import read_metrics
+
+CONFIG = Path("training/configs/mammorg_tiny.toml")
+
+
+def _overrides(root: Path) -> dict:
+    return {
+        "run.out_dir": str(root / "run"), "run.log_every": 1, "data.cache_dir": str(root / "cache"),
+        "data.phantom_studies": 10, "data.val_fraction": 0.2, "data.test_fraction": 0.2,
+        "mammorg.lm_warmup_epochs": 1, "mammorg.tokenizer_vocab": 400,
+        "knowledge.epochs": 2, "knowledge.batch_size_per_rank": 3,
+        "align.epochs": 1, "align.batch_size_per_rank": 3, "sft.epochs": 2, "sft.batch_size_per_rank": 3,
+        "generate.max_new_tokens": 24, "eval.bootstrap": 10,
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("mammorg")
+    overrides = _overrides(root)
+    cfg = load_train_config(CONFIG, overrides)
+    run_knowledge(cfg)
+    run_lm_stage(cfg, "align")
+    # SFT interrupted after one iteration, then started again: it resumes.
+    run_lm_stage(cfg, "sft", max_iterations=1)
+    run_lm_stage(cfg, "sft")
+    return root, overrides
+
+
+def test_knowledge_stage_builds_the_model_and_selects_on_val(pipeline):
+    root, overrides = pipeline
+    cfg = load_train_config(CONFIG, overrides)
+    model, tokenizer = load_mammorg(model_dir(cfg, "knowledge"))
+    meta = json.loads((model_dir(cfg, "knowledge") / "mammorg.json").read_text())
+    assert meta["extra"]["selected_on"] == "val"
+    assert model.cfg.bank_size == meta["extra"]["bank_size"] > 0
+    assert model.bank.abs().sum() > 0 and model.node_features.abs().sum() > 0
+    assert model.cfg.base_vocab_size < model.cfg.vocab_size == len(tokenizer)
+    records = read_metrics(stage_dir(cfg, "knowledge") / "metrics.jsonl")
+    assert any("val_graph_birads_macro_f1" in r for r in records)
+    assert (stage_dir(cfg, "knowledge") / "tokenizer-base" / "tokenizer.json").exists()
+
+
+def test_each_stage_starts_from_the_previous_one(pipeline):
+    root, overrides = pipeline
+    cfg = load_train_config(CONFIG, overrides)
+    knowledge, _ = load_mammorg(model_dir(cfg, "knowledge"))
+    align, _ = load_mammorg(model_dir(cfg, "align"))
+    sft, _ = load_mammorg(model_dir(cfg, "sft"))
+    # Knowledge modules are frozen after stage 1 and carried through both later stages.
+    for key, value in knowledge.graph.state_dict().items():
+        assert torch.equal(value, align.graph.state_dict()[key])
+        assert torch.equal(value, sft.graph.state_dict()[key])
+    assert torch.equal(knowledge.bank, sft.bank)
+    # Alignment moved the projectors and only the term rows of the embedding matrix.
+    base = knowledge.cfg.base_vocab_size
+    e0, e1 = knowledge.lm.get_input_embeddings().weight, align.lm.get_input_embeddings().weight
+    assert torch.equal(e0[:base], e1[:base]) and not torch.equal(e0[base:], e1[base:])
+    assert not torch.equal(knowledge.image_projector[0].weight, align.image_projector[0].weight)
+    # The LM body is untouched by alignment, changed by SFT (merged LoRA, no adapter keys left).
+    q0 = align.lm.model.layers[0].self_attn.q_proj.weight
+    q1 = sft.lm.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(knowledge.lm.model.layers[0].self_attn.q_proj.weight, q0)
+    assert not torch.equal(q0, q1)
+    assert not any("lora" in k for k in sft.state_dict())
+
+
+def test_sft_resumed_instead_of_restarting(pipeline):
+    root, overrides = pipeline
+    cfg = load_train_config(CONFIG, overrides)
+    iterations = [r["iteration"] for r in read_metrics(stage_dir(cfg, "sft") / "metrics.jsonl") if "loss" in r]
+    assert iterations == sorted(set(iterations)) and iterations[0] == 1
+
+
+def test_eval_command_scores_generated_reports(pipeline):
+    root, overrides = pipeline
+    sets = [arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]
+    result = CliRunner().invoke(app, ["mammorg-eval", "--config", str(CONFIG), *sets, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for name in ("birads_f1", "density_f1", "finding_f1_pooled", "relation_f1_per_report", "bleu_4", "rouge_l"):
+        assert name in report["metrics"]
+    assert "birads_f1_majority" in report["baselines"] and "density_f1_majority" in report["baselines"]
+    cfg = load_train_config(CONFIG, overrides)
+    preds = (stage_dir(cfg, "eval") / "predictions-test.jsonl").read_text().splitlines()
+    assert len(preds) == report["n_reports"] >= 1
+    assert all(isinstance(json.loads(line)["text"], str) for line in preds)

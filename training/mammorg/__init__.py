@@ -1,0 +1,1 @@
+"""MammoRG training: knowledge stage, alignment, terminology-aware SFT, evaluation (docs/mammorg.md)."""
