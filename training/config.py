@@ -116,6 +116,9 @@ class DistillSection(_Section):
     contrastive_temperature: float = 0.07
     low_res_size: int = 224  # the *different* low-resolution view (the official code passes the same tensor)
     findings_weight: float = 1.0
+    # Per-class CE weights for BI-RADS and density: "none" (official) or "balanced" (inverse
+    # frequency of the training labels, capped at 10x) for heavily imbalanced screening data.
+    class_weights: Literal["none", "balanced"] = "none"
     teacher_features: Literal["offline", "online"] = "offline"
 
 

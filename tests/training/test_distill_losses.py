@@ -1,6 +1,7 @@
 """Stage-2 losses against hand computations."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +47,21 @@ def test_masked_losses_ignore_unlabelled() -> None:
     targets = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     only_first = F.binary_cross_entropy_with_logits(logits[:1], targets[:1])
     assert torch.allclose(masked_bce(logits, targets, torch.tensor([1, 0])), only_first)
+
+
+def test_balanced_class_weights_equalise_total_class_mass() -> None:
+    from training.versamammo.distill.losses import class_weights, masked_ce
+
+    labels = [0] * 6 + [1] * 2 + [2] * 2 + [None]
+    w = class_weights(labels, 4, "balanced")
+    counts = torch.tensor([6.0, 2.0, 2.0])
+    assert torch.allclose(w[:3] * counts, torch.full((3,), 10 / 4))   # every present class weighs the same
+    assert w[3] == 10.0                                                  # an absent class gets the cap
+    assert class_weights(labels, 4, "none") is None
+    with pytest.raises(ValueError):
+        class_weights(labels, 4, "sqrt")
+    # Weighted CE ignores unlabelled cases and up-weights the rare class.
+    logits = torch.zeros(3, 4)
+    logits[:, 0] = 2.0
+    target = torch.tensor([0, 1, -1])
+    assert masked_ce(logits, target, w) > masked_ce(logits, target)

@@ -25,6 +25,11 @@ from training.versamammo.distill.train import BEST, predict
 
 def run_eval(cfg: Any, checkpoint: Path | None = None) -> dict[str, Any]:
     """Metrics of ``checkpoint`` (default: this run's best student) on ``eval.split``."""
+    return evaluate_student(cfg, checkpoint)[0]
+
+
+def evaluate_student(cfg: Any, checkpoint: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``run_eval``'s report and the per-image predictions behind it (``distill.train.predict``)."""
     path = Path(checkpoint) if checkpoint else Path(cfg.run.out_dir) / "distill" / BEST
     if not path.exists():
         raise FileNotFoundError(f"no student checkpoint at {path} (run versamammo-distill first)")
@@ -47,7 +52,7 @@ def run_eval(cfg: Any, checkpoint: Path | None = None) -> dict[str, Any]:
         },
         "classes": {"birads": list(BIRADS_CLASSES), "density": list(DENSITY_CLASSES)},
     }
-    return report
+    return report, pred
 
 
 def _majority(y: np.ndarray) -> float:

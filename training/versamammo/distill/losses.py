@@ -57,8 +57,32 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
     return (per_case * mask).sum() / mask.sum()
 
 
-def masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy ignoring unlabelled cases (target -1); 0 if none are labelled."""
+def masked_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy ignoring unlabelled cases (target -1); 0 if none are labelled.
+
+    ``weight``: optional per-class weights (``class_weights``), normalised as torch does
+    (a weighted mean over the labelled cases).
+    """
     if (target >= 0).sum() == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=-1)
+    return F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits),
+                           ignore_index=-1)
+
+
+def class_weights(labels: list[int | None], n_classes: int, mode: str, cap: float = 10.0) -> torch.Tensor | None:
+    """Per-class CE weights from training-label counts: None for ``"none"`` (the official loss);
+    ``"balanced"``: n / (k * count_c), capped at ``cap`` (absent classes get the cap), so
+    rare categories (BI-RADS 0, 5 in screening) weigh as much as the common ones in total."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class weighting must be 'none' or 'balanced', not {mode!r}")
+    counts = torch.zeros(n_classes)
+    for y in labels:
+        if y is not None and 0 <= y < n_classes:
+            counts[y] += 1
+    total = counts.sum()
+    if total == 0:
+        return None
+    w = total / (n_classes * counts.clamp_min(1e-9))
+    return w.clamp(max=cap)

@@ -46,7 +46,7 @@ from training.eval.classification import accuracy, macro_f1
 from training.metrics_log import MetricsLogger
 from training.versamammo.distill.data import SeededDataset, TwoViewTransform, student_preprocess_config, teacher_input
 from training.versamammo.distill.losses import (
-    contrastive_structure_loss, masked_bce, masked_ce, relational_kd_loss,
+    class_weights, contrastive_structure_loss, masked_bce, masked_ce, relational_kd_loss,
 )
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,8 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     precision = cfg.run.precision if device.type == "cuda" else ("bf16" if cfg.run.precision == "bf16" else "fp32")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
 
+    weights = {"birads": class_weights([r.birads for r in train_records], model_cfg.n_birads, dcfg.class_weights),
+               "density": class_weights([r.density for r in train_records], model_cfg.n_density, dcfg.class_weights)}
     per_epoch = len(train_set) // (dcfg.batch_size_per_rank * info.world_size)
     if per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
@@ -271,7 +273,7 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
         for batch in loader:
             epoch = iteration // per_epoch
             teacher_feat = None if online else features[batch["index"]]
-            loss, parts = _step(module, teacher, batch, teacher_feat, dcfg, device, precision)
+            loss, parts = _step(module, teacher, batch, teacher_feat, dcfg, device, precision, weights)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage-2 loss is {loss.item()} at iteration {iteration}")
             optimizer.zero_grad(set_to_none=True)
@@ -305,7 +307,8 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
 
 
 def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_feat: torch.Tensor | None,
-          dcfg: Any, device: torch.device, precision: str) -> tuple[torch.Tensor, dict[str, float]]:
+          dcfg: Any, device: torch.device, precision: str,
+          weights: dict[str, torch.Tensor | None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One stage-2 loss (see the module docstring) and its parts as plain floats."""
     views = batch["image"]
     if teacher_feat is None:  # online teacher
@@ -315,8 +318,9 @@ def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_
     with _autocast(device, precision):
         out, low_feat = module(views["high"].to(device), views["low"].to(device))
     feature = out["feature"].float()
-    ce = masked_ce(out["birads"].float(), batch["birads"].to(device)) + \
-        masked_ce(out["density"].float(), batch["density"].to(device))
+    weights = weights or {}
+    ce = masked_ce(out["birads"].float(), batch["birads"].to(device), weights.get("birads")) + \
+        masked_ce(out["density"].float(), batch["density"].to(device), weights.get("density"))
     kd = relational_kd_loss(teacher_feat, feature, dcfg.kd_temperature, dcfg.kd_direction)
     con = contrastive_structure_loss(feature, low_feat.float(), dcfg.contrastive_temperature)
     bce = masked_bce(out["findings"].float(), batch["findings"].to(device), batch["findings_mask"].to(device))
