@@ -37,8 +37,9 @@ def test_generated_reports_get_density_right_well_above_majority(proof):
     # barely finds lesions (docs/mammorg.md, "Does it learn?").
 
 
-def test_knowledge_modules_help_on_the_same_budget(proof):
+def test_ablation_without_knowledge_modules_learns_on_the_same_budget(proof):
     with_k, without = proof["with_knowledge"], proof["without_knowledge"]
     assert without["reports"] == with_k["reports"]
-    assert without["density_f1"] > without["density_f1_majority"], without
-    assert with_k["density_f1"] > without["density_f1"], (with_k, without)
+    assert without["density_f1"] > without["density_f1_majority"] + 0.15, without
+    # Which of the two is better is not asserted: at the tiny budgets it has gone both ways
+    # (docs/mammorg.md, "Does it learn?"), so a test of it would only test luck.

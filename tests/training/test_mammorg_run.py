@@ -102,3 +102,35 @@ def test_eval_command_scores_generated_reports(pipeline):
     preds = (stage_dir(cfg, "eval") / "predictions-test.jsonl").read_text().splitlines()
     assert len(preds) == report["n_reports"] >= 1
     assert all(isinstance(json.loads(line)["text"], str) for line in preds)
+
+
+def test_torchrun_two_cpu_processes_align(pipeline, tmp_path):
+    """``torchrun --nproc_per_node=2 -m training.cli mammorg-align`` on gloo, from a copied stage-1 model."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from training.checkpoint import latest_checkpoint, read_training_state
+
+    root, overrides = pipeline
+    cfg = load_train_config(CONFIG, overrides)
+    run = tmp_path / "run"
+    shutil.copytree(stage_dir(cfg, "knowledge") / "model", run / "mammorg" / "knowledge" / "model")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sets = {**overrides, "run.out_dir": str(run), "align.batch_size_per_rank": 2}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "training.cli", "mammorg-align", "--config", str(CONFIG)]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={value}"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = run / "mammorg" / "align"
+    state = read_training_state(latest_checkpoint(out))
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert (out / "model" / "mammorg.json").exists()
+    iterations = [r["iteration"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert iterations == sorted(set(iterations))  # only rank 0 writes

@@ -237,7 +237,7 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
                      k.weight_decay, k.warmup_ratio, step, validate if model.cfg.knowledge else None, on_best)
     if not model.cfg.knowledge:
         log.info("mammorg.knowledge = false: no knowledge modules to train; saving the built model")
-        best: dict[str, Any] = {"score": float("nan")}
+        best: dict[str, Any] = {"score": None}
     else:
         best = run_stage(spec, out, info, cfg.run.seed, cfg.run.precision, cfg.run.log_every, max_iterations)
     if du.is_main():
