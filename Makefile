@@ -4,10 +4,12 @@ PY := $(VENV)/bin/python
 CONFIG ?= deploy/config/default.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run test install install-train install-dev bench clean
 
-## make run: create .venv, install, start the node on its defaults (Ctrl-C stops it)
-run: install
+## make run: create .venv, install, make sure demonstration models are active (trained on
+## phantoms the first time, about 6-8 minutes on 2 cores; cached after), start the node (Ctrl-C stops it)
+run: install-train
+	$(VENV)/bin/mammo-node models bootstrap-demo --config $(CONFIG)
 	$(VENV)/bin/mammo-node serve --config $(CONFIG)
 
 ## make test: install what the tests need (Debian tools too when root) and run the whole suite
@@ -16,6 +18,9 @@ test: install-dev
 
 install:
 	VENV=$(VENV) scripts/install.sh
+
+install-train:
+	VENV=$(VENV) scripts/install.sh --train
 
 install-dev:
 	VENV=$(VENV) scripts/install.sh --dev --train --system

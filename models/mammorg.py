@@ -91,27 +91,36 @@ class MammoRG(nn.Module):
 
     def tokens(self, raw: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Raw tokens with the learned missing-view embedding in place of absent views."""
+        # No shortcut when nothing is missing: a data-dependent branch would be frozen into the
+        # exported graph by tracing (and drop its ``present`` input).
         missing = ~present.bool()
-        if not missing.any():
-            return raw
         fill = self.missing_view.to(raw.dtype).expand_as(raw)
         return torch.where(missing[:, :, None, None], fill, raw)
 
-    def knowledge(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 4, T, dim) -> graph tokens (B, 4, dim) and the report token (B, dim)."""
+    def encoded_nodes(self) -> torch.Tensor:
+        """(nodes, dim): the RGCN output. It depends on no input, so export bakes it in as a constant."""
+        return self.graph(self.node_features, self.adjacency)
+
+    def knowledge(self, tokens: torch.Tensor, nodes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 4, T, dim) -> graph tokens (B, 4, dim) and the report token (B, dim).
+
+        ``nodes``: precomputed ``encoded_nodes()`` (export); computed here when None (training).
+        """
         b, v, t, d = tokens.shape
-        nodes = self.graph(self.node_features.to(tokens.dtype), self.adjacency.to(tokens.dtype))
+        if nodes is None:
+            nodes = self.graph(self.node_features.to(tokens.dtype), self.adjacency.to(tokens.dtype))
+        nodes = nodes.to(tokens.dtype)
         graph_tokens = self.cross(tokens.reshape(b * v, t, d), nodes).view(b, v, d)
         report_token = self.retrieval(tokens, self.bank.to(tokens.dtype))
         return graph_tokens, report_token
 
-    def prefix(self, raw: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def prefix(self, raw: torch.Tensor, present: torch.Tensor, nodes: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 4, T, dim) raw tokens -> (B, P, hidden) soft-token prefix in the fixed view order."""
         tokens = self.tokens(raw, present)
         image = self.image_projector(tokens)                                  # (B, 4, T, H)
         if not self.cfg.knowledge:
             return image.flatten(1, 2)
-        graph_tokens, report_token = self.knowledge(tokens)
+        graph_tokens, report_token = self.knowledge(tokens, nodes)
         graph = self.graph_projector(graph_tokens).unsqueeze(2)              # (B, 4, 1, H)
         report = self.report_projector(report_token).unsqueeze(1)            # (B, 1, H)
         return torch.cat([torch.cat([graph, image], dim=2).flatten(1, 2), report], dim=1)

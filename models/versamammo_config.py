@@ -140,3 +140,14 @@ def config_from_dict(data: dict[str, Any]) -> VersaMammoConfig:
             mean, std = values[key]
             values[key] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
     return VersaMammoConfig(**values)
+
+
+def student_preprocess_config(model: VersaMammoConfig) -> "PreprocessConfig":
+    """The serving preprocessing of the student: squash to its input, its own normalisation.
+
+    Training, export (into the package manifest) and the node all take it from here.
+    """
+    from models.preprocess import PreprocessConfig
+
+    mean, std = model.student_norm
+    return PreprocessConfig(size=(model.student_input, model.student_input), mean=tuple(mean), std=tuple(std))

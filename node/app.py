@@ -17,8 +17,10 @@ from typing import Any
 from node.assembly import Assembler
 from node.config import Settings
 from node.dicom.scp import DicomListener
+from node.inference.engine import InferenceEngine, ModelUnavailable
 from node.journal import Journal
 from node.logref import set_log_phi
+from node.packages.registry import ModelRegistry
 from node.store import InstanceStore
 
 log = logging.getLogger("mammo_node")
@@ -37,15 +39,40 @@ class NodeApp:
         self.assembler = Assembler(self.journal, settings.assembly)
         self.store = InstanceStore(settings, self.journal, self.assembler)
         self.listener = DicomListener(settings.dicom, self.store)
+        self.engine = InferenceEngine(ModelRegistry(settings.models_dir, settings.session_settings()),
+                                      settings.session_settings(), settings.inference.precision,
+                                      {"num_beams": settings.inference.num_beams,
+                                       "max_new_tokens": settings.inference.max_new_tokens})
+        self.models: dict[str, str] = {}
         self._stopped = threading.Event()
         self.started_at: float | None = None
 
     def start(self) -> None:
         self.store.clear_incoming()
+        self._load_models()
         self.assembler.start()
         self.listener.start()
         self.started_at = time.time()
         self._write_runtime_file()
+
+    def _load_models(self) -> None:
+        """Load and warm up the active packages now, so the first study does not wait for it.
+
+        Missing or broken models never stop the node: it still receives and journals studies,
+        and they are processed once models are installed (``mammo-node models ...``).
+        """
+        try:
+            snapshot = self.engine.snapshot()
+        except ModelUnavailable as exc:
+            log.error("%s", exc)
+            return
+        self.models = dict(snapshot.versions)
+        missing = [kind for kind in ("versamammo", "mammorg") if kind not in self.models]
+        if self.models:
+            log.info("models: %s", ", ".join(f"{k} {v}" for k, v in sorted(self.models.items())))
+        if missing:
+            log.warning("no active %s package: install one (mammo-node models install PATH, or "
+                        "mammo-node models bootstrap-demo)", " or ".join(missing))
 
     def _write_runtime_file(self) -> None:
         info: dict[str, Any] = {
@@ -55,6 +82,7 @@ class NodeApp:
             "bind": self.settings.dicom.bind,
             "port": self.listener.port,
             "tls": self.settings.dicom.tls.enabled,
+            "models": self.models,
         }
         path = self.settings.data_dir / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")

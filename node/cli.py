@@ -29,6 +29,12 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(studies_app, name="studies")
 app.add_typer(config_app, name="config")
 
+
+def _add_models_app() -> None:
+    from node.cli_models import models_app
+
+    app.add_typer(models_app, name="models")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -314,6 +320,9 @@ def status(as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) ->
         data["oldest_receiving_age_s"] = round(time.time() - oldest[-1].first_received_at, 1) if oldest else None
     else:
         data["studies"], data["instances"], data["quarantined"] = {}, 0, 0
+    from node.packages.registry import ModelRegistry
+
+    data["models"] = ModelRegistry(settings.models_dir).active()
     if settings.data_dir.exists():
         usage = shutil.disk_usage(settings.data_dir)
         data["disk_free_mb"] = usage.free // (1024 * 1024)
@@ -329,6 +338,8 @@ def status(as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) ->
         console.print("[yellow]not running[/yellow]")
     console.print(f"data {data['data_dir']}  free {data.get('disk_free_mb', '?')} MB"
                   + ("  [red]below node.min_free_mb: new instances are refused[/red]" if data.get("disk_low") else ""))
+    models = ", ".join(f"{k} {v}" for k, v in sorted(data["models"].items())) or "none active"
+    console.print(f"models: {models}")
     states = ", ".join(f"{k} {v}" for k, v in sorted(data["studies"].items())) or "none"
     console.print(f"studies: {states}")
     console.print(f"instances {data.get('instances', 0)}, duplicates {data.get('duplicates', 0)}, "
@@ -396,6 +407,9 @@ def phantom(
         _print_json({"studies": [str(d) for d in dirs]})
     else:
         console.print(f"wrote {len(dirs)} stud{'y' if len(dirs) == 1 else 'ies'} to {outdir}")
+
+
+_add_models_app()
 
 
 def main() -> None:

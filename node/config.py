@@ -135,6 +135,17 @@ class AssemblySection(_Section):
         return self
 
 
+class InferenceSection(_Section):
+    """How models run (node.inference): providers in order of preference, threads, precision."""
+
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"])
+    intra_op_threads: int = Field(default=0, ge=0)  # 0 = one per core (ONNX Runtime's choice)
+    precision: Literal["auto", "fp32", "fp16"] = "auto"  # auto: fp16 graphs on a GPU, fp32 on CPU
+    num_beams: int | None = Field(default=None, ge=1, le=16)  # None: the package's setting
+    max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
+
+
 class Settings(BaseSettings):
     """The whole effective configuration of one node."""
 
@@ -145,6 +156,7 @@ class Settings(BaseSettings):
     node: NodeSection = Field(default_factory=NodeSection)
     dicom: DicomSection = Field(default_factory=DicomSection)
     assembly: AssemblySection = Field(default_factory=AssemblySection)
+    inference: InferenceSection = Field(default_factory=InferenceSection)
 
     @classmethod
     def settings_customise_sources(
@@ -182,6 +194,17 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def trt_cache_dir(self) -> Path:
+        return self.data_dir / "trt-cache"
+
+    def session_settings(self) -> "SessionSettings":
+        """ONNX Runtime session settings from ``[inference]``."""
+        from node.inference.session import SessionSettings
+
+        return SessionSettings(providers=tuple(self.inference.providers),
+                               intra_op_threads=self.inference.intra_op_threads, trt_cache=self.trt_cache_dir)
 
     def effective(self) -> dict[str, Any]:
         """The configuration as plain JSON-able data (what `config check` prints)."""

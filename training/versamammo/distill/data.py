@@ -24,12 +24,7 @@ from torchvision.transforms import v2
 
 from models.preprocess import PreprocessConfig
 from models.versamammo import VersaMammoConfig
-
-
-def student_preprocess_config(model: VersaMammoConfig) -> PreprocessConfig:
-    """The serving preprocessing of the student: squash to its input, its own normalisation."""
-    mean, std = model.student_norm
-    return PreprocessConfig(size=(model.student_input, model.student_input), mean=tuple(mean), std=tuple(std))
+from models.versamammo_config import student_preprocess_config  # noqa: F401 (re-exported)
 
 
 def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""``mammo-node models bootstrap-demo``'s worker: train the tiny models on phantoms, export, package.
+
+Runs in its own process (``python -m export.bootstrap --out DIR``) because it needs torch and the
+node never imports torch. Every stage writes resumable checkpoints under ``DIR/train``, so an
+interrupted bootstrap continues where it stopped, and a finished one is not redone: the packages
+in ``DIR/packages`` are reused. The result is two demonstration packages whose manifests say
+plainly that they were trained on synthetic data and are not for clinical use.
+
+Budget: about 6-8 minutes on 2 CPU cores (VersaMammo SSL + distillation on 120 phantom studies,
+MammoRG's three stages, export with parity checks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Bump when the recipe below changes: the demo packages' version, and the cache key.
+DEMO_VERSION = "1.0.0"
+NAMES = {"versamammo": "versamammo-demo", "mammorg": "mammorg-demo"}
+RECIPE = {
+    "studies": 120, "ssl_iterations": 150, "distill_epochs": 8,
+    "mammorg": {"knowledge.epochs": 4, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12},
+}
+
+
+def package_dir(out: Path, kind: str) -> Path:
+    return out / "packages" / f"{NAMES[kind]}@{DEMO_VERSION}"
+
+
+def _stage(message: str) -> None:
+    print(f"[bootstrap-demo] {message}", file=sys.stderr, flush=True)
+
+
+def build(out: Path, threads: int | None = None) -> dict[str, Path]:
+    """Train (or resume), export and package both demo models under ``out``; returns their directories."""
+    import torch
+
+    from export.golden import phantom_images, phantom_views
+    from export.mammorg import export_mammorg
+    from export.package import finish_package
+    from export.versamammo import export_versamammo
+    from models.mammorg import load_mammorg
+    from models.versamammo import load_checkpoint
+    from models.versamammo_config import student_preprocess_config
+    from training.mammorg.evaluate import run_mammorg_eval
+    from training.mammorg.proof import KEYS, proof_config as mammorg_config
+    from training.versamammo.proof import proof_config as versamammo_config, student_metrics
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    done = {kind: package_dir(out, kind) for kind in NAMES}
+    if all((d / "manifest.json").is_file() for d in done.values()):
+        _stage("cached packages found; nothing to train")
+        return done
+    train, cache = out / "train", out / "cache"
+    start = time.perf_counter()
+
+    # --- VersaMammo: SSL teacher, then the distilled student ---------------------------------
+    from training.versamammo.distill.train import run_distill
+    from training.versamammo.ssl.train import run_ssl
+
+    vcfg = versamammo_config(train / "versamammo", cache, RECIPE["studies"], RECIPE["ssl_iterations"],
+                             RECIPE["distill_epochs"])
+    _stage("VersaMammo stage 1: self-supervised teacher")
+    run_ssl(vcfg)
+    _stage("VersaMammo stage 2: distilling the student")
+    student_path = run_distill(vcfg)
+    vmetrics = {k: v for k, v in student_metrics(vcfg).items() if k != "report"}
+    student = load_checkpoint(student_path, kind="student")
+
+    # --- MammoRG: knowledge, alignment, instruction tuning ------------------------------------
+    from training.mammorg.knowledge import run_knowledge
+    from training.mammorg.lm_stages import run_lm_stage
+
+    mcfg = mammorg_config(train / "mammorg", cache, student_path, RECIPE["studies"], True, **RECIPE["mammorg"])
+    _stage("MammoRG stage 1: knowledge modules")
+    run_knowledge(mcfg)
+    _stage("MammoRG stage 2a: alignment")
+    run_lm_stage(mcfg, "align")
+    _stage("MammoRG stage 2b: instruction tuning")
+    model_dir = run_lm_stage(mcfg, "sft")
+    _stage("MammoRG: scoring generated reports on the held-out phantoms")
+    report = run_mammorg_eval(mcfg)
+    rmetrics = {k: report["metrics"][k]["value"] for k in KEYS}
+    rmetrics.update({k: v["value"] for k, v in report["baselines"].items()})
+
+    # --- export and package --------------------------------------------------------------------
+    provenance = {"data": f"{RECIPE['studies']} synthetic phantom studies (training.data.phantom), "
+                          "60/20/20 train/val/test", "recipe": RECIPE}
+    staging = out / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    _stage("exporting VersaMammo (fp32 and fp16) with parity checks")
+    pre = student_preprocess_config(student.cfg)
+    fields = export_versamammo(student, staging / "versamammo", phantom_images(pre, 4))
+    vprov = dict(provenance, checkpoint=str(student_path), config=vcfg.model_dump(mode="json"))
+    finish_package(staging / "versamammo", NAMES["versamammo"], DEMO_VERSION, fields, training=vprov,
+                   metrics={"test_split": vmetrics}, demonstration=True)
+    _stage("exporting MammoRG (prefix + KV-cache decoder) with greedy-generation parity")
+    model, tokenizer = load_mammorg(model_dir)
+    views, present = phantom_views(pre, 2)
+    fields = export_mammorg(model, tokenizer, staging / "mammorg", views, present)
+    mprov = dict(provenance, model_dir=str(model_dir), config=mcfg.model_dump(mode="json"))
+    finish_package(staging / "mammorg", NAMES["mammorg"], DEMO_VERSION, fields, training=mprov,
+                   metrics={"test_split": rmetrics}, demonstration=True)
+    for kind in NAMES:
+        done[kind].parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(done[kind], ignore_errors=True)
+        (staging / kind).replace(done[kind])
+    shutil.rmtree(staging, ignore_errors=True)
+    _stage(f"done in {time.perf_counter() - start:.0f} s")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="cache directory (training runs and packages)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    done = build(args.out, args.threads)
+    print(json.dumps({kind: str(path) for kind, path in done.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

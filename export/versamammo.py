@@ -1,0 +1,118 @@
+"""VersaMammo student -> ONNX graphs (fp32 and fp16) with parity checks and golden vectors.
+
+The exported graph takes the preprocessed image and returns everything the node uses at once:
+the pooled feature, softmax BI-RADS and density probabilities, sigmoid findings probabilities
+and the final feature grid. The fp16 variant runs the network in half precision inside the graph
+and keeps float32 inputs and outputs, so the node feeds both the same arrays.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.onnx_io import export_graph, io_spec
+from models.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
+from models.versamammo import VersaMammoStudent
+from models.versamammo_config import student_preprocess_config
+from node.inference.versamammo import OUTPUTS
+
+# Parity tolerances (ONNX Runtime vs torch fp32), recorded in the manifest and used by `models verify`.
+FP32_TOLERANCE = {"rtol": 1e-3, "atol": 1e-3}
+# Half precision: about 3 significant digits per operation, compounded over ~100 layers.
+FP16_TOLERANCE = {"rtol": 5e-2, "atol": 5e-2}
+
+
+class ParityError(Exception):
+    """An exported graph does not reproduce the torch model within its tolerance."""
+
+
+class VersaMammoGraph(nn.Module):
+    """The student as one graph: image -> (feature, birads, density, findings, feature_grid)."""
+
+    def __init__(self, student: VersaMammoStudent, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.student = student.to(dtype).eval()
+        self.dtype = dtype
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        grid = self.student.feature_grid(image.to(self.dtype))
+        pooled = grid.mean(dim=(2, 3))
+        feature = pooled.float()
+        birads = self.student.birads_head(pooled).float().softmax(-1)
+        density = self.student.density_head(pooled).float().softmax(-1)
+        findings = self.student.findings_head(pooled).float().sigmoid()
+        return feature, birads, density, findings, grid.float()
+
+
+def reference_outputs(student: VersaMammoStudent, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Torch fp32 outputs for ``images`` (what every graph is compared against)."""
+    with torch.no_grad():
+        out = VersaMammoGraph(copy.deepcopy(student).float())(torch.from_numpy(images))
+    return {name: t.numpy() for name, t in zip(OUTPUTS, out)}
+
+
+def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float
+            ) -> list[str]:
+    """Names and worst errors of the outputs that differ beyond ``atol + rtol * |expected|``."""
+    problems = []
+    for name, ref in expected.items():
+        got = np.asarray(actual[name])
+        if got.shape != ref.shape:
+            problems.append(f"{name}: shape {got.shape} != {ref.shape}")
+            continue
+        excess = np.abs(got - ref) - (atol + rtol * np.abs(ref))
+        if (excess > 0).any():
+            problems.append(f"{name}: max abs error {float(np.abs(got - ref).max()):.3g} beyond "
+                            f"rtol {rtol} / atol {atol}")
+    return problems
+
+
+def export_versamammo(student: VersaMammoStudent, out: Path, golden_images: np.ndarray,
+                      precisions: tuple[str, ...] = ("fp32", "fp16")) -> dict[str, Any]:
+    """Write the graphs and ``golden/versamammo.npz`` under ``out``; return the manifest fields.
+
+    ``golden_images`` (N, 3, S, S) float32, preferably real preprocessed views: they are the
+    golden inputs, and the parity check at export runs on them (raises ParityError).
+    """
+    import onnxruntime as ort
+
+    student = copy.deepcopy(student).float().eval()
+    cfg = student.cfg
+    size = cfg.student_input
+    golden_images = np.ascontiguousarray(golden_images, dtype=np.float32)
+    if golden_images.shape[1:] != (3, size, size):
+        raise ValueError(f"golden images must be (N, 3, {size}, {size}), got {golden_images.shape}")
+    expected = reference_outputs(student, golden_images)
+    dyn = {name: {0: "batch"} for name in ("image", *OUTPUTS)}
+    graphs: dict[str, Any] = {}
+    example = torch.from_numpy(golden_images[:2])
+    for precision in precisions:
+        role, dtype, tol = {"fp32": ("model", torch.float32, FP32_TOLERANCE),
+                            "fp16": ("model_fp16", torch.float16, FP16_TOLERANCE)}[precision]
+        name = "versamammo.onnx" if precision == "fp32" else "versamammo_fp16.onnx"
+        path = export_graph(VersaMammoGraph(copy.deepcopy(student), dtype), (example,), out / name,
+                            ["image"], list(OUTPUTS), dyn)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        actual = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"image": golden_images})))
+        problems = compare(expected, actual, **tol)
+        if problems:
+            raise ParityError(f"{name} differs from torch: " + "; ".join(problems))
+        graphs[role] = {"file": name, "precision": precision, "tolerance": tol, **io_spec(path)}
+    golden = out / "golden" / "versamammo.npz"
+    golden.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(golden, image=golden_images, **{f"expected.{k}": v for k, v in expected.items()})
+    return {
+        "kind": "versamammo",
+        "graphs": graphs,
+        "golden": {"file": "golden/versamammo.npz"},
+        "preprocessing": student_preprocess_config(cfg).to_dict(),
+        "labels": {"birads": list(BIRADS_CLASSES), "density": list(DENSITY_CLASSES),
+                   "findings": list(FINDING_CLASSES)},
+        "model": {"architecture": cfg.student_backbone, "size": cfg.size, "input": size,
+                  "feature_dim": cfg.student_dim, "grid": cfg.student_grid},
+    }

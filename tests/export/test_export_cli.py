@@ -1,0 +1,41 @@
+"""`mammo-export`: checkpoint -> package that `mammo-node models install` accepts; TensorRT says why not."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from models.versamammo import save_checkpoint
+from tests.packages import tiny_student
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "export.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_versamammo_checkpoint_to_installed_package(tmp_path):
+    ckpt = tmp_path / "student.pt"
+    save_checkpoint(tiny_student(3), ckpt, extra={"epoch": 7, "metrics": {"density_accuracy": 0.5}})
+    out = _run("versamammo", str(ckpt), "--out", str(tmp_path / "pkg"), "--version", "0.3.0", "--tar", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["ref"] == "versamammo@0.3.0" and info["package"].endswith("pkg.tar")
+    again = _run("versamammo", str(ckpt), "--out", str(tmp_path / "pkg"), "--version", "0.3.0")
+    assert again.returncode == 2 and "--force" in again.stderr
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n[inference]\nproviders = ["cpu"]\n')
+    installed = subprocess.run([sys.executable, "-m", "node.cli", "models", "install", info["package"], "--json",
+                                "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    manifest = json.loads((tmp_path / "data" / "models" / "packages" / "versamammo@0.3.0" / "manifest.json").read_text())
+    assert manifest["training"]["epoch"] == 7 and manifest["metrics"] == {"density_accuracy": 0.5}
+    assert manifest["demonstration"] is False and "radiologist" in manifest["intended_use"]
+
+
+def test_tensorrt_without_tensorrt_explains_and_fails(tmp_path):
+    from node.inference.session import gpu_driver_present
+
+    out = _run("tensorrt", str(tmp_path))
+    if gpu_driver_present():  # a GPU machine: the command may work; only the CPU case is asserted
+        return
+    assert out.returncode == 1 and "TensorRT is not available here" in out.stderr
