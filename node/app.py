@@ -21,6 +21,7 @@ from node.inference.engine import InferenceEngine, ModelUnavailable
 from node.journal import Journal
 from node.logref import set_log_phi
 from node.packages.registry import ModelRegistry
+from node.pipeline import Pipeline
 from node.store import InstanceStore
 
 log = logging.getLogger("mammo_node")
@@ -44,12 +45,15 @@ class NodeApp:
                                       {"num_beams": settings.inference.num_beams,
                                        "max_new_tokens": settings.inference.max_new_tokens})
         self.models: dict[str, str] = {}
+        self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir)
+        self.assembler.add_listener(self.pipeline.submit)
         self._stopped = threading.Event()
         self.started_at: float | None = None
 
     def start(self) -> None:
         self.store.clear_incoming()
         self._load_models()
+        self.pipeline.start()
         self.assembler.start()
         self.listener.start()
         self.started_at = time.time()
@@ -96,6 +100,7 @@ class NodeApp:
         self._stopped.set()
         self.listener.stop()
         self.assembler.stop()
+        self.pipeline.stop()
         (self.settings.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         self.journal.close()
         log.info("node stopped")

@@ -256,6 +256,7 @@ def studies_show(
             "view_detail": i.view,
         } for i in instances],
         "events": study.events,
+        "result": journal.get_result(study_uid),
     }
     if as_json:
         _print_json(data)
@@ -286,6 +287,29 @@ def studies_show(
     for event in study.events:
         history.add_row(_when(event["at"]), event["from_state"] or "-", event["to_state"], event["reason"])
     console.print(history)
+    _print_result(data["result"])
+
+
+def _print_result(result: dict[str, Any] | None) -> None:
+    if not result:
+        return
+    if result.get("status") == "incomplete":
+        console.print(f"result: incomplete study, missing {', '.join(result['missing_views'])}; no models run")
+        return
+    table = Table(title="Result (preliminary AI output, not verified)")
+    for column in ("breast", "BI-RADS", "density", "findings", "classifier BI-RADS / density"):
+        table.add_column(column)
+    for side, b in result["breasts"].items():
+        c = b.get("classifier") or {}
+        findings = ", ".join(f"{f['kind']} ({f['status']})" for f in b["findings"]) or "-"
+        table.add_row(side, str(b["birads"]), str(b["density"]), findings,
+                      f"{c.get('birads', '-')} / {c.get('density', '-')}")
+    console.print(table)
+    for d in result["disagreements"]:
+        console.print(f"[yellow]{d['breast']} {d['field']}: report {d['report']}, classifier {d['classifier']}[/yellow]")
+    console.print(f"models: {', '.join(f'{k} {v}' for k, v in sorted(result['models'].items()))}")
+    if result.get("report"):
+        console.print(result["report"]["text"], highlight=False)
 
 
 # ----- status / config ---------------------------------------------------------------------------

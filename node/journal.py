@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS study_events (
 );
 CREATE INDEX IF NOT EXISTS study_events_study ON study_events(study_uid);
 
+CREATE TABLE IF NOT EXISTS results (
+    study_uid TEXT PRIMARY KEY REFERENCES studies(study_uid),
+    created_at REAL NOT NULL,
+    models TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -285,6 +292,27 @@ class Journal:
                 return False
             self.record_event(db, study_uid, from_state, to_state, reason, now)
         return True
+
+    def finish_study(self, study_uid: str, result: dict[str, Any], reason: str) -> bool:
+        """PROCESSING -> DONE and the study's result, in one transaction (both or neither survive a crash).
+
+        A study processed again (after a crash mid-way) replaces its earlier result.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            cursor = db.execute("UPDATE studies SET state = 'DONE', updated_at = ? WHERE study_uid = ? AND "
+                                "state = 'PROCESSING'", (now, study_uid))
+            if cursor.rowcount != 1:
+                return False
+            db.execute("INSERT OR REPLACE INTO results(study_uid, created_at, models, result) VALUES (?, ?, ?, ?)",
+                       (study_uid, now, json.dumps(result.get("models", {}), sort_keys=True),
+                        json.dumps(result, sort_keys=True)))
+            self.record_event(db, study_uid, "PROCESSING", "DONE", reason, now)
+        return True
+
+    def get_result(self, study_uid: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT result FROM results WHERE study_uid = ?", (study_uid,))
+        return json.loads(rows[0][0]) if rows else None
 
     def state_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM studies GROUP BY state")}

@@ -17,19 +17,13 @@ from node.inference.engine import InferenceEngine, ModelUnavailable
 from node.inference.session import SessionSettings
 from node.packages.manifest import PackageError, read_manifest, write_manifest
 from node.packages.registry import ModelRegistry
-from tests.packages import build_mammorg_package, build_versamammo_package
 
 CPU = SessionSettings(providers=("cpu",))
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packages")
-    return {
-        "vm1": build_versamammo_package(root / "vm1", "1.0.0", seed=0),
-        "vm2": build_versamammo_package(root / "vm2", "2.0.0", seed=1, tar=True),
-        "rg1": build_mammorg_package(root / "rg1", "1.0.0", seed=0),
-    }
+def built(model_packages):
+    return model_packages
 
 
 @pytest.fixture()
