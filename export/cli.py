@@ -20,7 +20,7 @@ from rich.console import Console
 
 app = typer.Typer(help="Export trained models to ONNX model packages.", no_args_is_help=True,
                   add_completion=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages name paths: never break them
 
 
 def _prepare(out: Path, force: bool) -> None:

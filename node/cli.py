@@ -312,6 +312,33 @@ def _print_result(result: dict[str, Any] | None) -> None:
         console.print(result["report"]["text"], highlight=False)
 
 
+@studies_app.command("retry")
+def studies_retry(
+    uid: str = typer.Argument(..., help="Study Instance UID, a unique prefix of it, or its s-... key."),
+    as_json: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Process a FAILED (or DONE) study again, e.g. after fixing or replacing a model package.
+
+    The study goes back to the state it was closed in; a running node takes it up within seconds
+    and processes it with the models active then (its new result replaces the old one).
+    """
+    settings = _settings(config)
+    journal = _journal(settings)
+    study_uid = _resolve_study(journal, uid)
+    study = journal.get_study(study_uid)
+    if study.state not in ("FAILED", "DONE"):
+        message = f"study is {study.state}; only FAILED or DONE studies can be retried"
+        _print_json({"ok": False, "error": message}) if as_json else err_console.print(f"[red]{message}[/red]")
+        raise typer.Exit(1)
+    back = "COMPLETE" if study.four_views_at is not None else "INCOMPLETE"
+    journal.transition(study_uid, study.state, back, "retry requested by an administrator")
+    if as_json:
+        _print_json({"ok": True, "study_uid": study_uid, "from": study.state, "to": back})
+    else:
+        console.print(f"{study_uid}: {study.state} -> {back}; a running node processes it again shortly")
+
+
 # ----- status / config ---------------------------------------------------------------------------
 
 def _runtime(settings: Settings) -> dict[str, Any] | None:

@@ -43,7 +43,7 @@ def _fail(message: str, as_json: bool, **extra: Any) -> None:
     if as_json:
         _out({"ok": False, "error": message, **extra})
     else:
-        err_console.print(f"[red]{message}[/red]", highlight=False)
+        err_console.print(f"[red]{message}[/red]", highlight=False, soft_wrap=True)  # no line breaks in paths
     raise typer.Exit(1)
 
 

@@ -12,7 +12,8 @@ study). For each study:
 5. the result (node.results) and PROCESSING -> DONE in one journal transaction.
 
 While a kind of model has no active package (a fresh node), closed studies wait in their state
-and are picked up as soon as both are active (checked every ``rescan_seconds``): nothing fails
+and are picked up as soon as both are active (the journal is rescanned every ``rescan_seconds``
+while the worker is idle, which also picks up ``mammo-node studies retry``): nothing fails
 just because models were installed after the images arrived. Anything else that goes wrong
 (an unreadable image, a package that fails to load, a model error) ends the study FAILED with the reason (``studies show`` prints it) and
 the worker goes on. ``incomplete_policy``: ``skip`` leaves an INCOMPLETE study alone, ``report``
@@ -85,6 +86,18 @@ class Pipeline:
         self.idle.clear()
         self._queue.put((study_uid, state))
 
+    def _rescan(self) -> None:
+        """Queue closed studies the worker has not taken: those that waited for models, and those an
+        admin sent back with ``mammo-node studies retry`` from another process."""
+        if not self.models_ready():
+            return
+        for state in ("COMPLETE", "INCOMPLETE"):
+            for study in self.journal.list_studies(state=state):
+                if state == "INCOMPLETE" and (study.incomplete_policy or "report") == "skip":
+                    continue
+                self.submit(study.study_uid, state)
+        self._waiting.clear()
+
     def models_ready(self) -> bool:
         return all(kind in self.engine.registry.active() for kind in ("versamammo", "mammorg"))
 
@@ -93,13 +106,7 @@ class Pipeline:
             try:
                 item = self._queue.get(timeout=self.rescan_seconds)
             except queue.Empty:
-                if self._waiting and self.models_ready():
-                    log.info("models are active: processing %d waiting studies", len(self._waiting))
-                    for study_uid in sorted(self._waiting):
-                        study = self.journal.get_study(study_uid)
-                        if study is not None:
-                            self.submit(study_uid, study.state)
-                    self._waiting.clear()
+                self._rescan()
                 continue
             if item is None:
                 return

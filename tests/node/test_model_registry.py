@@ -174,7 +174,7 @@ def test_cli_workflow_with_json(tmp_path, built):
     assert json.loads(out.stdout)["active"] == "versamammo-test@1.0.0"
     assert _cli(tmp_path, "remove", "versamammo-test@2.0.0").returncode == 0
     out = _cli(tmp_path, "install", str(tmp_path / "nowhere"))
-    assert out.returncode == 1 and "no such file" in out.stderr
+    assert out.returncode == 1 and "nowhere: no such file or directory" in " ".join(out.stderr.split())
 
 
 def test_verify_names_a_file_damaged_after_installation(tmp_path, built):

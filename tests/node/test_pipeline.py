@@ -79,7 +79,14 @@ def test_studies_wait_for_models_and_a_broken_model_fails_only_its_study(start_n
     assert run_storescu(node.port, study_files(second)).returncode == 0
     study = _final(node, study_uid_of(second))
     assert study.state == "FAILED" and "failed to load" in study.events[-1]["reason"]
-    assert node.app.listener.port and run_storescu(node.port, study_files(first)).returncode == 0
+    # The admin repairs the package and retries the study from the command line.
+    shutil.copyfile(model_packages["rg1"] / "mammorg_decoder.onnx", decoder)
+    retried = subprocess.run([sys.executable, "-m", "node.cli", "studies", "retry", study.study_uid, "--json"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"MAMMO_NODE_NODE__DATA_DIR": str(data), "PATH": "/usr/bin:/bin"})
+    assert json.loads(retried.stdout) == {"ok": True, "study_uid": study.study_uid, "from": "FAILED", "to": "COMPLETE"}
+    study = _final(node, study.study_uid)
+    assert study.state == "DONE" and study.events[-3]["reason"] == "retry requested by an administrator"
 
 
 @pytest.mark.parametrize("policy", ["report", "partial", "skip"])
