@@ -146,6 +146,73 @@ class InferenceSection(_Section):
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
 
 
+class DicomDestination(_Section):
+    """One PACS (or workstation) that receives our SRs by C-STORE."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    reports: list[Literal["tid1500", "tid4000"]] = Field(default_factory=lambda: ["tid1500"], min_length=1)
+    calling_ae_title: str | None = None  # None: the node's own dicom.ae_title
+    timeout: float = Field(default=30.0, gt=0)  # association, DIMSE and network timeout
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _valid_aet(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_ae_title(value)
+
+
+def _valid_hd(value: str) -> str:
+    """HL7 HD components must not contain the encoding characters."""
+    if not value or any(c in value for c in "|^~\\&\r\n") or len(value) > 180:
+        raise ValueError(f"{value!r} is not a valid HL7 application/facility name (no | ^ ~ \\ &, 1-180 chars)")
+    return value
+
+
+class HL7Output(_Section):
+    """The RIS that receives ORU^R01 over MLLP."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    sending_application: str = "MAMMO_NODE"
+    sending_facility: str = "RADIOLOGY"
+    receiving_application: str = "RIS"
+    receiving_facility: str = "HOSPITAL"
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)  # waiting for the ACK
+
+    @field_validator("sending_application", "sending_facility", "receiving_application", "receiving_facility")
+    @classmethod
+    def _valid_names(cls, value: str) -> str:
+        return _valid_hd(value)
+
+
+class OutputsSection(_Section):
+    """Where results go: any number of DICOM destinations, at most one RIS."""
+
+    dicom: list[DicomDestination] = Field(default_factory=list)
+    hl7: HL7Output | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "OutputsSection":
+        names = [d.name for d in self.dicom]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError("outputs.dicom names must be unique: " + ", ".join(dupes))
+        if "hl7" in names:
+            raise ValueError("outputs.dicom name 'hl7' is reserved for the RIS destination")
+        return self
+
+
+class OutboxSection(_Section):
+    """Delivery retries (node.outbox): exponential backoff with jitter, then a dead letter."""
+
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    backoff_seconds: float = Field(default=5.0, gt=0)  # first delay; doubles each attempt, +-25 % jitter
+    max_backoff_seconds: float = Field(default=3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole effective configuration of one node."""
 
@@ -157,6 +224,8 @@ class Settings(BaseSettings):
     dicom: DicomSection = Field(default_factory=DicomSection)
     assembly: AssemblySection = Field(default_factory=AssemblySection)
     inference: InferenceSection = Field(default_factory=InferenceSection)
+    outputs: OutputsSection = Field(default_factory=OutputsSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
 
     @classmethod
     def settings_customise_sources(
