@@ -21,6 +21,8 @@ from node.inference.engine import InferenceEngine, ModelUnavailable
 from node.journal import Journal
 from node.logref import set_log_phi
 from node.packages.registry import ModelRegistry
+from node.outbox import Outbox
+from node.outputs.prepare import OutputPreparer
 from node.pipeline import Pipeline
 from node.store import InstanceStore
 
@@ -45,7 +47,9 @@ class NodeApp:
                                       {"num_beams": settings.inference.num_beams,
                                        "max_new_tokens": settings.inference.max_new_tokens})
         self.models: dict[str, str] = {}
-        self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir)
+        self.outbox = Outbox(self.journal, settings)
+        self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir, outputs=OutputPreparer(settings),
+                                 on_done=lambda _uid: self.outbox.wake())
         self.assembler.add_listener(self.pipeline.submit)
         self._stopped = threading.Event()
         self.started_at: float | None = None
@@ -53,6 +57,7 @@ class NodeApp:
     def start(self) -> None:
         self.store.clear_incoming()
         self._load_models()
+        self.outbox.start()
         self.pipeline.start()
         self.assembler.start()
         self.listener.start()
@@ -101,6 +106,7 @@ class NodeApp:
         self.listener.stop()
         self.assembler.stop()
         self.pipeline.stop()
+        self.outbox.stop()
         (self.settings.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         self.journal.close()
         log.info("node stopped")

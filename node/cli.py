@@ -34,6 +34,9 @@ def _add_models_app() -> None:
     from node.cli_models import models_app
 
     app.add_typer(models_app, name="models")
+    from node.cli_outbox import outbox_app
+
+    app.add_typer(outbox_app, name="outbox")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -79,6 +79,24 @@ CREATE TABLE IF NOT EXISTS results (
     result TEXT NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL,
+    last_error TEXT,
+    UNIQUE(destination, identity)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, destination, next_attempt_at);
+
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -293,12 +311,15 @@ class Journal:
             self.record_event(db, study_uid, from_state, to_state, reason, now)
         return True
 
-    def finish_study(self, study_uid: str, result: dict[str, Any], reason: str) -> bool:
-        """PROCESSING -> DONE and the study's result, in one transaction (both or neither survive a crash).
+    def finish_study(self, study_uid: str, result: dict[str, Any], reason: str,
+                     outputs: list[dict[str, Any]] = (), now: float | None = None) -> bool:
+        """PROCESSING -> DONE, the study's result and its queued outputs (``outbox`` rows: destination,
+        kind, identity, payload), in one transaction: all or nothing survives a crash.
 
-        A study processed again (after a crash mid-way) replaces its earlier result.
+        A study processed again (after a crash mid-way) replaces its earlier result; an output
+        already queued with the same identity (an identical result) is not queued twice.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         with self.transaction() as db:
             cursor = db.execute("UPDATE studies SET state = 'DONE', updated_at = ? WHERE study_uid = ? AND "
                                 "state = 'PROCESSING'", (now, study_uid))
@@ -307,12 +328,20 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO results(study_uid, created_at, models, result) VALUES (?, ?, ?, ?)",
                        (study_uid, now, json.dumps(result.get("models", {}), sort_keys=True),
                         json.dumps(result, sort_keys=True)))
+            for out in outputs:
+                db.execute("INSERT OR IGNORE INTO outbox(study_uid, destination, kind, identity, payload, state, "
+                           "created_at, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?)",
+                           (study_uid, out["destination"], out["kind"], out["identity"], out["payload"], now, now, now))
             self.record_event(db, study_uid, "PROCESSING", "DONE", reason, now)
         return True
 
     def get_result(self, study_uid: str) -> dict[str, Any] | None:
         rows = self.query("SELECT result FROM results WHERE study_uid = ?", (study_uid,))
         return json.loads(rows[0][0]) if rows else None
+
+    def result_created_at(self, study_uid: str) -> float | None:
+        rows = self.query("SELECT created_at FROM results WHERE study_uid = ?", (study_uid,))
+        return float(rows[0][0]) if rows else None
 
     def state_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.query("SELECT state, COUNT(*) FROM studies GROUP BY state")}

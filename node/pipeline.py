@@ -9,7 +9,10 @@ study). For each study:
 3. the selected view of each position is preprocessed exactly as the package's manifest says
    (models.preprocess, the implementation training used);
 4. VersaMammo per view, averaged per breast; MammoRG's report; ``models.reportparse`` reads it;
-5. the result (node.results) and PROCESSING -> DONE in one journal transaction.
+5. the outputs of the result are encoded for each configured destination (node.outputs: SRs,
+   HL7 ORU) and written to disk;
+6. the result, its queued outputs (node.outbox) and PROCESSING -> DONE in one journal
+   transaction; the outbox is woken to deliver them.
 
 While a kind of model has no active package (a fresh node), closed studies wait in their state
 and are picked up as soon as both are active (the journal is rescanned every ``rescan_seconds``
@@ -28,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pydicom
@@ -39,6 +42,8 @@ from node.inference.engine import InferenceEngine
 from node.journal import Journal
 from node.logref import study_ref
 from node.results import breast_probabilities, build_result
+from node.outputs.prepare import OutputPreparer
+from node.outputs.source import SourceStudy
 from node.views import POSITIONS
 
 log = logging.getLogger("mammo_node.pipeline")
@@ -53,8 +58,11 @@ class StudyFailed(Exception):
 class Pipeline:
     """The processing stage of a node (see the module docstring)."""
 
-    def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0) -> None:
+    def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0,
+                 outputs: OutputPreparer | None = None, on_done: Callable[[str], None] | None = None) -> None:
         self.journal = journal
+        self.outputs = outputs
+        self.on_done = on_done
         self.rescan_seconds = rescan_seconds
         self._waiting: set[str] = set()
         self.engine = engine
@@ -149,9 +157,30 @@ class Pipeline:
             return self._fail(study_uid, f"{type(exc).__name__}: {exc}")
         result["seconds"] = round(time.perf_counter() - start, 3)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
-        self.journal.finish_study(study_uid, result, f"processed with {versions}")
+        finished_at = time.time()
+        try:
+            outputs = self._prepare_outputs(study_uid, selection, result, finished_at)
+        except Exception as exc:  # an encoder bug: keep the study visible and retryable, never half-sent
+            log.exception("study %s: encoding its outputs failed", study_ref(study_uid))
+            return self._fail(study_uid, f"encoding the outputs failed ({type(exc).__name__}: {exc})")
+        self.journal.finish_study(study_uid, result, f"processed with {versions}"
+                                  + (f"; {len(outputs)} outputs queued" if outputs else ""), outputs, now=finished_at)
         log.info("study %s DONE in %.2f s (%s)", study_ref(study_uid), result["seconds"], versions)
+        if outputs and self.on_done is not None:
+            self.on_done(study_uid)
         return DONE
+
+    def _prepare_outputs(self, study_uid: str, selection: dict[str, Any], result: dict[str, Any],
+                         created_at: float) -> list[dict[str, Any]]:
+        if self.outputs is None or not self.outputs.enabled:
+            return []
+        paths = {i.id: self.data_dir / i.path for i in self.journal.study_instances(study_uid)}
+        chosen = {p: paths[c["instance_id"]] for p, c in selection.get("positions", {}).items()
+                  if c.get("instance_id") in paths}
+        if not chosen:
+            log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
+            return []
+        return self.outputs.prepare(SourceStudy.from_files(chosen), result, created_at)
 
     def _fail(self, study_uid: str, reason: str) -> str:
         self.journal.transition(study_uid, PROCESSING, FAILED, reason[:500])

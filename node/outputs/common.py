@@ -26,6 +26,11 @@ SERIES_NUMBER = {"tid1500": 9501, "tid4000": 9502}
 INSTANCE_NUMBER = 1
 
 
+class NotApplicable(Exception):
+    """This output kind has nothing to say for this result (e.g. an SR when no model ran because
+    views were missing): it is not produced, and the other outputs still are."""
+
+
 def model_label(versions: dict[str, str], kind: str) -> tuple[str, str]:
     """("versamammo-demo", "1.0.0") from the result's ``{"versamammo": "versamammo-demo@1.0.0"}``."""
     value = versions.get(kind, f"{kind}@unknown")
@@ -38,5 +43,5 @@ def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-__all__ = ["DEVICE_NAME", "DISCLAIMER", "INSTANCE_NUMBER", "MANUFACTURER", "SERIES_DESCRIPTION",
+__all__ = ["DEVICE_NAME", "DISCLAIMER", "NotApplicable", "INSTANCE_NUMBER", "MANUFACTURER", "SERIES_DESCRIPTION",
            "SERIES_NUMBER", "SOFTWARE_VERSION", "model_label", "utc"]
