@@ -21,10 +21,13 @@ from node.inference.engine import InferenceEngine, ModelUnavailable
 from node.journal import Journal
 from node.logref import set_log_phi
 from node.packages.registry import ModelRegistry
-from node.outbox import Outbox
+from node.audit import AuditLog
+from node.http_api import HttpApi
+from node.metrics import NodeMetrics
+from node.outbox import Attempt, Outbox, OutboxRow
 from node.outputs.prepare import OutputPreparer
 from node.pipeline import Pipeline
-from node.store import InstanceStore
+from node.store import InstanceStore, StoreResult
 
 log = logging.getLogger("mammo_node")
 
@@ -41,15 +44,21 @@ class NodeApp:
         self.journal = Journal(settings.journal_path)
         self.assembler = Assembler(self.journal, settings.assembly)
         self.store = InstanceStore(settings, self.journal, self.assembler)
-        self.listener = DicomListener(settings.dicom, self.store)
+        self.metrics = NodeMetrics(self.journal)
+        self.audit = AuditLog(settings.audit_path)
+        self.listener = DicomListener(settings.dicom, self.store, observer=self)
         self.engine = InferenceEngine(ModelRegistry(settings.models_dir, settings.session_settings()),
                                       settings.session_settings(), settings.inference.precision,
                                       {"num_beams": settings.inference.num_beams,
                                        "max_new_tokens": settings.inference.max_new_tokens})
         self.models: dict[str, str] = {}
-        self.outbox = Outbox(self.journal, settings)
+        self.outbox = Outbox(self.journal, settings, on_attempt=self._delivery_attempted)
         self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir, outputs=OutputPreparer(settings),
-                                 on_done=lambda _uid: self.outbox.wake())
+                                 on_done=self._study_done)
+        self.http: HttpApi | None = None
+        if settings.http.enabled:
+            self.http = HttpApi(settings.http.bind, settings.http.port, self.metrics.render, self.health,
+                                self.readiness)
         self.assembler.add_listener(self.pipeline.submit)
         self._stopped = threading.Event()
         self.started_at: float | None = None
@@ -61,8 +70,60 @@ class NodeApp:
         self.pipeline.start()
         self.assembler.start()
         self.listener.start()
+        if self.http is not None:
+            self.http.start()
         self.started_at = time.time()
         self._write_runtime_file()
+
+    # ----- observers: metrics and audit (called from listener, pipeline and outbox threads) ---------
+
+    def association(self, calling_ae: str, host: str) -> None:
+        self.metrics.associations.labels(calling_ae).inc()
+        self.audit.write("association", calling_ae=calling_ae, peer=host)
+
+    def stored(self, calling_ae: str, host: str, size: int, result: StoreResult) -> None:
+        if result.instance_id is None:
+            return
+        self.metrics.instances.labels(calling_ae).inc()
+        self.metrics.bytes.labels(calling_ae).inc(size)
+        self.audit.write("received", calling_ae=calling_ae, peer=host, study_uid=result.study_uid,
+                         instance_id=result.instance_id, status=f"0x{result.status:04X}")
+
+    def _study_done(self, study_uid: str, state: str, result: dict[str, Any] | None) -> None:
+        self.metrics.studies_processed.labels(state.lower()).inc()
+        if result is not None:
+            for model in ("versamammo", "mammorg"):
+                if model in result.get("timings", {}):
+                    self.metrics.inference.labels(model).observe(result["timings"][model])
+            self.audit.write("result", study_uid=study_uid, models=result.get("models", {}),
+                             status=result.get("status"))
+            self.outbox.wake()
+
+    def _delivery_attempted(self, row: OutboxRow, attempt: Attempt) -> None:
+        self.metrics.deliveries.labels(row.destination, attempt.outcome).inc()
+        if row.kind == "oru" and attempt.outcome != "delivered" and attempt.detail[:2] in ("AE", "AR", "CE", "CR"):
+            self.metrics.hl7_naks.labels(attempt.detail[:2]).inc()
+        state = self.outbox.queue.get(row.id)
+        if state is not None and state.state in ("DELIVERED", "DEAD"):
+            self.audit.write("delivered" if state.state == "DELIVERED" else "dead_letter", study_uid=row.study_uid,
+                             destination=row.destination, kind=row.kind, identity=row.identity,
+                             attempts=state.attempts, detail=attempt.detail)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "uptime_seconds": round(time.time() - (self.started_at or time.time()), 1)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        problems = []
+        if not self.listener.running:
+            problems.append("DICOM listener is not running")
+        try:
+            self.journal.query("SELECT 1")
+        except Exception as exc:  # a journal that no longer answers
+            problems.append(f"journal: {type(exc).__name__}")
+        missing = [k for k in ("versamammo", "mammorg") if k not in self.engine.registry.active()]
+        if missing:
+            problems.append("no active " + " or ".join(missing) + " model package")
+        return not problems, {"ready": not problems, "problems": problems}
 
     def _load_models(self) -> None:
         """Load and warm up the active packages now, so the first study does not wait for it.
@@ -92,6 +153,7 @@ class NodeApp:
             "port": self.listener.port,
             "tls": self.settings.dicom.tls.enabled,
             "models": self.models,
+            "http_port": self.http.port if self.http is not None else None,
         }
         path = self.settings.data_dir / RUNTIME_FILE
         tmp = path.with_suffix(".tmp")
@@ -107,8 +169,11 @@ class NodeApp:
         self.assembler.stop()
         self.pipeline.stop()
         self.outbox.stop()
+        if self.http is not None:
+            self.http.stop()
         (self.settings.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         self.journal.close()
+        self.audit.close()
         log.info("node stopped")
 
     def wait(self) -> None:

@@ -211,6 +211,15 @@ class OutboxSection(_Section):
     max_attempts: int = Field(default=10, ge=1, le=1000)
     backoff_seconds: float = Field(default=5.0, gt=0)  # first delay; doubles each attempt, +-25 % jitter
     max_backoff_seconds: float = Field(default=3600.0, gt=0)
+    poll_seconds: float = Field(default=2.0, gt=0)  # how often re-queued rows (CLI) are looked for
+
+
+class HttpSection(_Section):
+    """Operations endpoint (node.http_api): /metrics, /healthz, /readyz."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(default=9180, ge=0, le=65535)  # 0: any free port (tests)
 
 
 class Settings(BaseSettings):
@@ -226,6 +235,7 @@ class Settings(BaseSettings):
     inference: InferenceSection = Field(default_factory=InferenceSection)
     outputs: OutputsSection = Field(default_factory=OutputsSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    http: HttpSection = Field(default_factory=HttpSection)
 
     @classmethod
     def settings_customise_sources(
@@ -263,6 +273,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.jsonl"
 
     @property
     def trt_cache_dir(self) -> Path:

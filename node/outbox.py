@@ -176,17 +176,22 @@ Sender = Callable[[list[tuple[OutboxRow, Path]]], list[Attempt]]
 class Outbox:
     """Delivers queued outputs (see the module docstring)."""
 
-    def __init__(self, journal: Journal, settings: Settings, poll_seconds: float = 2.0,
+    def __init__(self, journal: Journal, settings: Settings, poll_seconds: float | None = None,
                  on_attempt: Callable[[OutboxRow, Attempt], None] | None = None) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.queue = OutboxQueue(journal)
         self.settings = settings
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = poll_seconds or settings.outbox.poll_seconds
         self.on_attempt = on_attempt
         self._senders: dict[str, Sender] = self._build_senders()
+        # Our own scheduler logger, quiet below ERROR: "skipped: maximum number of running
+        # instances" just means a drain is still busy, which is how it is meant to work.
+        scheduler_log = logging.getLogger("mammo_node.outbox.scheduler")
+        scheduler_log.setLevel(logging.ERROR)
         self._scheduler = BackgroundScheduler(
+            logger=scheduler_log,
             executors={"default": ThreadPoolExecutor(max(1, len(self._senders)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._lock = threading.Lock()
@@ -220,13 +225,17 @@ class Outbox:
             out: list[Attempt] = []
             for index, (row, path) in enumerate(batch):
                 try:
-                    ack = client.send(path.read_text(encoding="utf-8"))
+                    ack = client.send(path.read_bytes().decode("utf-8"))
                 except MLLPError as exc:
                     # The peer is unreachable: the rest of the batch would fail the same way.
                     out.extend([Attempt("retry", str(exc))] * (len(batch) - index))
                     break
                 outcome = ack.outcome(row.identity)
-                out.append(Attempt(outcome, ack.describe() if hasattr(ack, "describe") else str(ack)))
+                if ack.control_id != row.identity:
+                    detail = f"{ack.code or 'no code'}: the ACK is for another control ID"
+                else:
+                    detail = f"{ack.code or 'unreadable ACK'}" + (f": {ack.text}" if ack.text else "")
+                out.append(Attempt("delivered" if outcome == "accepted" else outcome, detail))
             return out
         return send
 

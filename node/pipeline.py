@@ -59,7 +59,8 @@ class Pipeline:
     """The processing stage of a node (see the module docstring)."""
 
     def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0,
-                 outputs: OutputPreparer | None = None, on_done: Callable[[str], None] | None = None) -> None:
+                 outputs: OutputPreparer | None = None,
+                 on_done: Callable[[str, str, dict[str, Any] | None], None] | None = None) -> None:
         self.journal = journal
         self.outputs = outputs
         self.on_done = on_done
@@ -158,16 +159,18 @@ class Pipeline:
         result["seconds"] = round(time.perf_counter() - start, 3)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
         finished_at = time.time()
+        encode_start = time.perf_counter()
         try:
             outputs = self._prepare_outputs(study_uid, selection, result, finished_at)
+            result.setdefault("timings", {})["outputs"] = round(time.perf_counter() - encode_start, 4)
         except Exception as exc:  # an encoder bug: keep the study visible and retryable, never half-sent
             log.exception("study %s: encoding its outputs failed", study_ref(study_uid))
             return self._fail(study_uid, f"encoding the outputs failed ({type(exc).__name__}: {exc})")
         self.journal.finish_study(study_uid, result, f"processed with {versions}"
                                   + (f"; {len(outputs)} outputs queued" if outputs else ""), outputs, now=finished_at)
         log.info("study %s DONE in %.2f s (%s)", study_ref(study_uid), result["seconds"], versions)
-        if outputs and self.on_done is not None:
-            self.on_done(study_uid)
+        if self.on_done is not None:
+            self.on_done(study_uid, DONE, result)
         return DONE
 
     def _prepare_outputs(self, study_uid: str, selection: dict[str, Any], result: dict[str, Any],
@@ -185,6 +188,8 @@ class Pipeline:
     def _fail(self, study_uid: str, reason: str) -> str:
         self.journal.transition(study_uid, PROCESSING, FAILED, reason[:500])
         log.error("study %s FAILED: %s", study_ref(study_uid), reason)
+        if self.on_done is not None:
+            self.on_done(study_uid, FAILED, None)
         return FAILED
 
     def _run_models(self, study_uid: str, selection: dict[str, Any], missing: list[str]) -> dict[str, Any]:
@@ -205,6 +210,8 @@ class Pipeline:
                 datasets[position] = pydicom.dcmread(paths[chosen["instance_id"]])
             except Exception as exc:
                 raise StudyFailed(f"{position}: the stored image cannot be read ({type(exc).__name__}: {exc})") from None
+        timings: dict[str, float] = {}
+        mark = time.perf_counter()
         arrays: dict[str, dict[str, np.ndarray]] = {}
         for name, pre_dict in (("versamammo", vm.preprocessing), ("mammorg", rg.preprocessing)):
             pre = PreprocessConfig.from_dict(pre_dict)
@@ -218,15 +225,22 @@ class Pipeline:
                 except Exception as exc:
                     raise StudyFailed(f"{position}: preprocessing failed ({type(exc).__name__}: {exc})") from None
         order = [p for p in POSITIONS if p in datasets]
+        timings["preprocess"] = round(time.perf_counter() - mark, 4)
+        mark = time.perf_counter()
         out = vm.run(np.stack([arrays["versamammo"][p] for p in order]))
         per_view = {p: {"birads": out.birads[i], "density": out.density[i], "findings": out.findings[i]}
                     for i, p in enumerate(order)}
+        timings["versamammo"] = round(time.perf_counter() - mark, 4)
+        mark = time.perf_counter()
         views = np.zeros((1, len(POSITIONS), *next(iter(arrays["mammorg"].values())).shape), dtype=np.float32)
         present = np.zeros((1, len(POSITIONS)), dtype=bool)
         for p in order:
             views[0, POSITIONS.index(p)] = arrays["mammorg"][p]
             present[0, POSITIONS.index(p)] = True
         report = rg.generate(views, present)[0]
+        timings["mammorg"] = round(time.perf_counter() - mark, 4)
         parsed = parse_report(report.text)
-        return build_result(report.text, parsed, breast_probabilities(per_view), vm.labels, models.versions,
-                            missing)
+        result = build_result(report.text, parsed, breast_probabilities(per_view), vm.labels, models.versions,
+                              missing)
+        result["timings"] = timings
+        return result

@@ -111,9 +111,12 @@ def _ae_text(value: Any) -> str:
 class DicomListener:
     """Runs the SCP in background threads; ``start()`` returns once it is listening."""
 
-    def __init__(self, config: DicomSection, store: InstanceStore) -> None:
+    def __init__(self, config: DicomSection, store: InstanceStore, observer: Any = None) -> None:
         self.config = config
         self.store = store
+        # Optional hooks (node.app wires metrics and the audit log): association(calling_ae, host),
+        # stored(calling_ae, host, size, result).
+        self.observer = observer
         self.policy = AssociationPolicy(config)
         self._server: Any = None
         self.ae = self._build_ae()
@@ -159,6 +162,8 @@ class DicomListener:
     def _on_accepted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
         log.info("association accepted from %s@%s", requestor.ae_title, requestor.address)
+        if self.observer is not None:
+            self.observer.association(_ae_text(requestor.ae_title), requestor.address)
 
     def _on_aborted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -172,6 +177,7 @@ class DicomListener:
         request = event.request
         requestor = event.assoc.requestor
         path = Path(event.dataset_path)
+        size = path.stat().st_size if path.exists() else 0
         result = self.store.accept(
             path,
             str(request.AffectedSOPClassUID),
@@ -179,6 +185,8 @@ class DicomListener:
             calling_aet=_ae_text(requestor.ae_title),
             peer_host=requestor.address,
         )
+        if self.observer is not None:
+            self.observer.stored(_ae_text(requestor.ae_title), requestor.address, size, result)
         status = Dataset()
         status.Status = result.status
         if result.comment:
@@ -207,6 +215,10 @@ class DicomListener:
         if self._server is None:
             return self.config.port
         return int(self._server.server_address[1])
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     def stop(self) -> None:
         if self._server is not None:

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from models import lexicon
 from node.config import HL7Output
-from node.outputs.common import DISCLAIMER, SOFTWARE_VERSION, MANUFACTURER, model_label, utc
+from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label, utc
 from node.outputs.source import SourceStudy, output_identity
 
 HL7_VERSION = "2.5.1"
@@ -147,12 +147,13 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
     """The ORU^R01 (ER7, segments ended by CR) for one result; ``created_at`` (the result's journal
     time) fills MSH-7 and OBR-22 so that a resend is byte-identical.
 
-    Raises ValueError when the study lacks what the RIS needs to file it (PatientID) or when the
-    message would not pass hl7apy STRICT validation (messages never name patient data).
+    Raises NotApplicable when the study lacks what the RIS needs to file it (PatientID: the SRs
+    still go out) and ValueError when the message would not pass hl7apy STRICT validation
+    (messages never name patient data).
     """
     patient_id = str(source.get("PatientID", "")).strip()
     if not patient_id:
-        raise ValueError("the source study has no PatientID; an ORU^R01 needs PID-3")
+        raise NotApplicable("the source study has no PatientID; an ORU^R01 needs PID-3")
     now = _ts(created_at)
     accession = escape(str(source.get("AccessionNumber", "")).strip())
     body = [
@@ -287,12 +288,11 @@ def validate_oru(message: str) -> None:
     hl7apy's copy of the v2.5.1 tables lacks CWE (table 0125) and SCT (table 0396), so those
     give table warnings, never errors; warnings are not raised here."""
     from hl7apy.consts import VALIDATION_LEVEL
-    from hl7apy.exceptions import HL7apyException
     from hl7apy.parser import parse_message
 
     try:
         parse_message(message, validation_level=VALIDATION_LEVEL.STRICT).validate()
-    except HL7apyException as exc:
+    except Exception as exc:  # hl7apy raises its own errors and plain ValueErrors (bad dates ...)
         # hl7apy's text may quote a value (patient data): report only the element names it gives.
         elements = ", ".join(dict.fromkeys(re.findall(r"\b[A-Z][A-Z0-9]{2}(?:_\d+)+\b", str(exc))))
         raise ValueError(f"ORU^R01 fails HL7 v2.5.1 STRICT validation: {type(exc).__name__}"

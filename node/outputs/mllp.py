@@ -8,9 +8,10 @@ Exception texts name the peer (host:port) and never any message content.
 """
 from __future__ import annotations
 
+import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 START_BLOCK = b"\x0b"
@@ -32,7 +33,11 @@ class Ack:
 
     code: str
     control_id: str
-    text: str = ""
+    text: str = field(default="", repr=False)  # the RIS's own words: may name a patient, never logged
+
+    def describe(self) -> str:
+        """A log- and journal-safe summary (code and control ID only, not the RIS's text)."""
+        return f"ACK {self.code or '(unreadable)'} for {self.control_id or '(no control ID)'}"
 
     def outcome(self, expected_control_id: str) -> Outcome:
         """What the outbox does next: ``accepted`` for AA/CA acknowledging our control ID;
@@ -50,16 +55,15 @@ class Ack:
     def parse(cls, text: str) -> "Ack":
         """Read an ER7 ACK; never raises (an unreadable reply is an Ack with an empty code)."""
         segments = [s for s in text.replace("\n", "\r").split("\r") if s]
-        if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
+        if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 9:
             return cls("", "", "not an HL7 message")
-        sep, component = segments[0][3], segments[0][4]
-        escape = segments[0][6] if len(segments[0]) > 6 else "\\"
+        msh = segments[0]
+        sep, component = msh[3], msh[4]
+        delimiters = {"F": sep, "S": component, "R": msh[5], "E": msh[6], "T": msh[7]}
+        escaped = re.compile(re.escape(msh[6]) + "([FSRET])" + re.escape(msh[6]))
 
         def first(field: str) -> str:
-            value = field.split(component)[0]
-            for code, char in (("F", sep), ("S", component), ("E", escape)):
-                value = value.replace(f"{escape}{code}{escape}", char)
-            return value.strip()
+            return escaped.sub(lambda m: delimiters[m.group(1)], field.split(component)[0]).strip()
 
         msa = err = None
         for segment in segments[1:]:
@@ -114,6 +118,9 @@ class MLLPClient:
         ``read_timeout`` bounds the whole wait for the ACK after sending, not each read, so a peer
         that trickles bytes cannot hold the outbox. Raises MLLPError on any transport failure and
         ValueError for a message that cannot be encoded (never retried: it would fail again)."""
+        # Segments end with CR only; a file read back in text mode may have turned them into LF
+        # (our messages never carry a raw CR or LF inside a field, so this cannot alter content).
+        message = message.replace("\r\n", "\r").replace("\n", "\r")
         charset = message_charset(message)
         try:
             payload = message.encode(charset)

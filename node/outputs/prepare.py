@@ -96,7 +96,11 @@ class OutputPreparer:
             from node.outputs.hl7 import build_oru, control_id
 
             identity = control_id(source.study_uid, result)
-            message = build_oru(source, result, hl7, created_at=created_at)
+            try:
+                message = build_oru(source, result, hl7, created_at=created_at)
+            except NotApplicable as exc:
+                log.warning("no HL7 result for this study: %s", exc)
+                return rows
             path = self.dir / f"oru-{identity}.hl7"
             _write_atomic(path, message.encode("utf-8"), fsync)
             rows.append({"destination": HL7_DESTINATION, "kind": "oru", "identity": identity,

@@ -47,6 +47,7 @@ def node_settings(data_dir: Path, port: int, **sections: dict[str, Any]) -> dict
     base = {
         "node": {"data_dir": str(data_dir), "min_free_mb": 1},
         "dicom": {"port": port, "bind": "127.0.0.1"},
+        "http": {"port": 0},
         "assembly": {"settle_seconds": 0.5, "quiet_seconds": 30, "deadline_seconds": 120},
     }
     return _merge(base, sections)

@@ -18,6 +18,7 @@ def _config(tmp_path: Path, port: int, settle: float) -> Path:
         f'[node]\ndata_dir = "{tmp_path / "var"}"\nmin_free_mb = 1\n'
         f'[dicom]\nport = {port}\nbind = "127.0.0.1"\n'
         f"[assembly]\nsettle_seconds = {settle}\nquiet_seconds = 60\ndeadline_seconds = 600\n"
+        "[http]\nport = 0\n"
     )
     return path
 

@@ -1,0 +1,622 @@
+"""The result as a Mammography CAD SR (SOP class 1.2.840.10008.5.1.4.1.1.88.50, TID 4000).
+
+Mammography workstations show CAD results from this SOP class, not from a TID 1500 report.
+highdicom has no TID 4000 builder and its reader refuses the SOP class, so the tree is built from
+highdicom's content items following PS3.16 TID 4000-4023, and the SR modules of PS3.3 A.35.5
+are set on a plain pydicom Dataset. docs/sr-tid4000.md lists the tree with every code.
+
+What TID 4000 cannot hold is said, never invented: a Single Image Finding must have a Center
+point on an image (TID 4006 row 8, TID 4021), and our findings come from report text without
+coordinates, so they are written in the Impression Description of their breast; only breast
+composition (which needs no geometry) is a coded Single Image Finding. The document is in the
+source study, in its own series, UNVERIFIED, with the preliminary-AI disclaimer; UIDs and dates
+come from the result, so building it twice gives the same bytes.
+"""
+from __future__ import annotations
+
+import re
+from copy import deepcopy
+from datetime import date, time
+from typing import Any, Iterable, Sequence
+
+import highdicom as hd
+from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentItem, ContentSequence,
+                          DateContentItem, ImageContentItem, NumContentItem, TextContentItem, TimeContentItem)
+from highdicom.sr import RelationshipTypeValues as Rel
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+from models import lexicon
+from node.outputs import codes as C
+from node.outputs.common import (DEVICE_NAME, DISCLAIMER, INSTANCE_NUMBER, MANUFACTURER, SERIES_DESCRIPTION,
+                                 SERIES_NUMBER, SOFTWARE_VERSION, model_label, utc)
+from node.outputs.source import SourceImage, SourceStudy, derived_uid, output_identity
+from node.views import VIEW_CODES as VIEW_NAMES
+
+KIND = "tid4000"
+SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.50"  # Mammography CAD SR Storage
+MODEL_KINDS = ("versamammo", "mammorg")  # the order algorithms are listed in
+NODE_KIND = "node"  # the node itself, named as the algorithm when no model ran
+SIDES = {"R": "Right", "L": "Left"}
+
+
+def _concept(code: Any) -> CodedConcept:
+    """pydicom's dictionary code as a CodedConcept; some of its meanings carry zero-width spaces."""
+    return CodedConcept(code.value, code.scheme_designator, code.meaning.replace("\u200b", ""))
+
+
+# Concept names and values of TID 4000-4023 (PS3.16 Annex D, DCM; CIDs named where they apply).
+REPORT = _concept(codes.DCM.MammographyCADReport)  # 111036
+IMAGE_LIBRARY = _concept(codes.DCM.ImageLibrary)  # 111028
+CAD_SUMMARY = _concept(codes.DCM.CADProcessingAndFindingsSummary)  # 111017, value from CID 6047
+SUMMARY_OF_DETECTIONS = _concept(codes.DCM.SummaryOfDetections)  # 111064, value from CID 6042
+SUMMARY_OF_ANALYSES = _concept(codes.DCM.SummaryOfAnalyses)  # 111065, value from CID 6042
+SUCCESSFUL_DETECTIONS = _concept(codes.DCM.SuccessfulDetections)  # 111063
+SUCCESSFUL_ANALYSES = _concept(codes.DCM.SuccessfulAnalyses)  # 111062
+DETECTION_PERFORMED = _concept(codes.DCM.DetectionPerformed)  # 111022
+ANALYSIS_PERFORMED = _concept(codes.DCM.AnalysisPerformed)  # 111004
+INDIVIDUAL_IMPRESSION = _concept(codes.DCM.IndividualImpressionRecommendation)  # 111034
+INDIVIDUAL_ANALYSIS = _concept(codes.DCM.IndividualImpressionRecommendationAnalysis)  # 111233, CID 6043
+RENDERING_INTENT = _concept(codes.DCM.RenderingIntent)  # 111056, value from CID 6034
+PRESENTATION_REQUIRED = CodedConcept("111150", "DCM", "Presentation Required: Rendering device is expected to present")
+SINGLE_IMAGE_FINDING = _concept(codes.DCM.SingleImageFinding)  # 111059, value from CID 6014
+IMPRESSION_DESCRIPTION = _concept(codes.DCM.ImpressionDescription)  # 111033
+CERTAINTY_OF_IMPRESSION = _concept(codes.DCM.CertaintyOfImpression)  # 111013
+LATERALITY = _concept(codes.SCT.Laterality)  # 272741003, value from CID 6022
+BREAST_SIDE = {"R": _concept(codes.SCT.RightBreast), "L": _concept(codes.SCT.LeftBreast)}  # CID 6022
+ALGORITHM_NAME = _concept(codes.DCM.AlgorithmName)  # 111001
+ALGORITHM_VERSION = _concept(codes.DCM.AlgorithmVersion)  # 111003
+ALGORITHM_PARAMETERS = _concept(codes.DCM.AlgorithmParameters)  # 111002
+SUCCEEDED = CodedConcept("111222", "DCM", "Succeeded")  # CID 6042
+NOT_ATTEMPTED = CodedConcept("111225", "DCM", "Not Attempted")
+WITH_FINDINGS = CodedConcept("111242", "DCM", "All algorithms succeeded; with findings")  # CID 6047
+WITHOUT_FINDINGS = CodedConcept("111241", "DCM", "All algorithms succeeded; without findings")
+NONE_SUCCEEDED = CodedConcept("111245", "DCM", "No algorithms succeeded; without findings")
+PERCENT = _concept(codes.UCUM.Percent)
+MILLIMETER = CodedConcept("mm", "UCUM", "millimeter")
+ENGLISH = CodedConcept("en-US", "RFC5646", "English (United States)")
+LIBRARY_CONTEXT = {  # TID 4020 rows: (concept, header keyword), each present when the image has it
+    "StudyDate": CodedConcept("111060", "DCM", "Study Date"), "StudyTime": CodedConcept("111061", "DCM", "Study Time"),
+    "ContentDate": CodedConcept("111018", "DCM", "Content Date"),
+    "ContentTime": CodedConcept("111019", "DCM", "Content Time"),
+}
+ORIENTATION_ROW = CodedConcept("111044", "DCM", "Patient Orientation Row")
+ORIENTATION_COLUMN = CodedConcept("111043", "DCM", "Patient Orientation Column")
+HORIZONTAL_SPACING = CodedConcept("111026", "DCM", "Horizontal Pixel Spacing")
+VERTICAL_SPACING = CodedConcept("111066", "DCM", "Vertical Pixel Spacing")
+# Placeholder name for IMAGE items while highdicom builds the tree (it indexes items by name); removed
+# before the dataset is returned, as TID 4017/4018/4020 give IMAGE references no concept name.
+_UNNAMED_IMAGE = CodedConcept("260753009", "SCT", "Source")
+
+_FINDINGS_NOTE = ("(from the generated report text; not localized on the images, "
+                  "so not encoded as Single Image Findings)")
+_FINDINGS_LINE = re.compile(r"^(Right|Left) breast findings " + re.escape(_FINDINGS_NOTE) + r": (.*?)\.?$")
+_SIDE_LINE = re.compile(r"^(Right|Left) breast: ")
+_NONE_REPORTED = "none reported"
+
+
+# ---------------------------------------------------------------------------- building blocks
+def _code(name: CodedConcept, value: CodedConcept, rel: Rel, children: Sequence[ContentItem] = ()) -> CodeContentItem:
+    item = CodeContentItem(name=name, value=value, relationship_type=rel)
+    if children:
+        item.ContentSequence = ContentSequence(list(children))
+    return item
+
+
+def _container(name: CodedConcept, rel: Rel | None, children: Sequence[ContentItem], *,
+               continuous: bool = False, template_id: str | None = None) -> ContainerContentItem:
+    item = ContainerContentItem(name=name, is_content_continuous=continuous, template_id=template_id,
+                                relationship_type=rel)
+    item.ContentSequence = ContentSequence(list(children))
+    return item
+
+
+def _image(image: SourceImage, rel: Rel, children: Sequence[ContentItem] = ()) -> ImageContentItem:
+    item = ImageContentItem(name=_UNNAMED_IMAGE, referenced_sop_class_uid=image.sop_class_uid,
+                            referenced_sop_instance_uid=image.sop_instance_uid, relationship_type=rel)
+    if children:
+        item.ContentSequence = ContentSequence(list(children))
+    return item
+
+
+def _algorithm(versions: dict[str, str], kind: str, rel: Rel) -> list[ContentItem]:
+    """TID 4019 for one model of the result (the parameter names its role, so a reader can tell the
+    classifier from the report generator); the node itself when ``kind`` is NODE_KIND."""
+    name, version = (DEVICE_NAME, SOFTWARE_VERSION) if kind == NODE_KIND else model_label(versions, kind)
+    return [TextContentItem(ALGORITHM_NAME, name[:64], rel), TextContentItem(ALGORITHM_VERSION, version[:64], rel),
+            TextContentItem(ALGORITHM_PARAMETERS, f"kind={kind}", rel)]
+
+
+def _model_kinds(result: dict[str, Any]) -> list[str]:
+    models = result.get("models") or {}
+    return [k for k in MODEL_KINDS if k in models] + sorted(k for k in models if k not in MODEL_KINDS)
+
+
+def _source_kind(source: str | None) -> str | None:
+    """Which model a per-breast value came from (node.results: the report, else the classifier)."""
+    return {"report": "mammorg", "classifier": "versamammo"}.get(source or "")
+
+
+def _assessment(side: str, birads: str, rel: Rel) -> CodeContentItem:
+    """TID 4002 rows 1-2: BI-RADS (CID 6026 via node.outputs.codes) with the breast as laterality."""
+    return _code(C.ASSESSMENT_CATEGORY, C.birads_concept(birads), rel,
+                 [_code(LATERALITY, BREAST_SIDE[side], Rel.HAS_CONCEPT_MOD)])
+
+
+# ---------------------------------------------------------------------------- image library (TID 4020)
+def _library_entry(image: SourceImage) -> ImageContentItem:
+    header = image.dataset
+    acq = Rel.HAS_ACQ_CONTEXT
+    # The position is what the node decided the image shows (a standard CC or MLO view of that breast).
+    children: list[ContentItem] = [CodeContentItem(C.IMAGE_LATERALITY, BREAST_SIDE[image.laterality], acq),
+                                   CodeContentItem(C.IMAGE_VIEW, C.VIEW_CODES[image.view], acq)]
+    orientation = header.get("PatientOrientation")
+    if orientation is not None and len(orientation) == 2:
+        children += [TextContentItem(ORIENTATION_ROW, str(orientation[0]), acq),
+                     TextContentItem(ORIENTATION_COLUMN, str(orientation[1]), acq)]
+    for keyword, concept in LIBRARY_CONTEXT.items():
+        value = header.get(keyword)
+        if not value:
+            continue
+        if keyword.endswith("Date"):
+            children.append(DateContentItem(concept, _date(str(value)), acq))
+        else:
+            children.append(TimeContentItem(concept, _time(str(value)), acq))
+    spacing = header.get("PixelSpacing") or header.get("ImagerPixelSpacing")
+    if spacing is not None and len(spacing) == 2:  # (row spacing, column spacing) in mm
+        children += [NumContentItem(HORIZONTAL_SPACING, float(spacing[1]), MILLIMETER, relationship_type=acq),
+                     NumContentItem(VERTICAL_SPACING, float(spacing[0]), MILLIMETER, relationship_type=acq)]
+    return _image(image, Rel.CONTAINS, children)
+
+
+def _date(value: str) -> date:
+    return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+
+
+def _time(value: str) -> time:
+    digits = value.split(".")[0].ljust(6, "0")
+    return time(int(digits[:2]), int(digits[2:4]), int(digits[4:6]))
+
+
+# ---------------------------------------------------------------------------- impressions (TID 4001-4007)
+def _finding_words(finding: dict[str, Any]) -> str:
+    parts = []
+    if finding.get("status") == "UNC":
+        parts.append("uncertain")
+    for key in ("locations", "descriptors"):
+        names = [_term_name(t) for t in finding.get(key, [])]
+        if names:
+            parts.append(", ".join(names))
+    name = _term_name(finding["kind"])
+    return f"{name} ({'; '.join(parts)})" if parts else name
+
+
+def _term_name(term_id: str) -> str:
+    try:
+        return lexicon.get(term_id).name
+    except KeyError:
+        return term_id.replace("_", " ")
+
+
+def _findings_line(side: str, breast: dict[str, Any]) -> str:
+    """The breast's findings in words: TID 4006 needs image coordinates we do not have (module doc)."""
+    findings = breast.get("findings") or []
+    words = "; ".join(_finding_words(f) for f in findings) if findings else _NONE_REPORTED
+    return f"{SIDES[side]} breast findings {_FINDINGS_NOTE}: {words}."
+
+
+def _breast_text(side: str, breast: dict[str, Any], result: dict[str, Any]) -> str:
+    origin = {"report": "from the generated report", "classifier": "from the classifier"}
+    head = []
+    if breast.get("birads"):
+        head.append(f"BI-RADS {breast['birads']} ({origin.get(breast.get('birads_source'), 'source unknown')})")
+    if breast.get("density"):
+        meaning = C.density_concept(breast["density"]).meaning
+        head.append(f"density {breast['density']}: {meaning} "
+                    f"({origin.get(breast.get('density_source'), 'source unknown')})")
+    lines = [f"{SIDES[side]} breast: " + (", ".join(head) if head else "no assessment") + "."]
+    lines.append(_findings_line(side, breast))
+    classifier = breast.get("classifier") or {}
+    if classifier.get("findings"):
+        listed = ", ".join(f"{f['kind']} {float(f['score']):.2f}" for f in classifier["findings"])
+        lines.append(f"Classifier findings with probability >= 0.5 (not localized): {listed}.")
+    for d in result.get("disagreements", []):
+        if d.get("breast") == side:
+            lines.append(f"The report says {d['field']} {d['report']}, the classifier {d['classifier']}.")
+    return "\n".join(lines)
+
+
+def _overall_text(result: dict[str, Any], without_individual: Iterable[str]) -> str:
+    status = result.get("status", "complete")
+    missing = ", ".join(result.get("missing_views") or [])
+    lines = [DISCLAIMER]
+    if status == "incomplete":
+        lines.append(f"Not processed: views missing ({missing}); no model ran, so there is no AI result.")
+    elif missing:
+        lines.append(f"Partial result: views missing ({missing}); processed with the views present.")
+    report = result.get("report") or {}
+    if report.get("findings"):
+        lines.append("Report findings:\n" + report["findings"])
+    if report.get("impression"):
+        lines.append("Report impression:\n" + report["impression"])
+    breasts = result.get("breasts") or {}
+    for side in without_individual:  # breasts without a composition finding have no TID 4003 of their own
+        lines.append(_breast_text(side, breasts[side], result))
+    return "\n".join(lines)
+
+
+def _composition_finding(breast: dict[str, Any], versions: dict[str, str]) -> CodeContentItem:
+    """TID 4006 with value Breast composition: the one Single Image Finding that needs no geometry
+    (row 8); TID 4007 carries the ACR category (CID 6000)."""
+    props = Rel.HAS_PROPERTIES
+    children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD),
+                *_algorithm(versions, _source_kind(breast.get("density_source")) or MODEL_KINDS[0], props),
+                _code(C.BREAST_COMPOSITION, C.density_concept(breast["density"]), props)]
+    return _code(SINGLE_IMAGE_FINDING, C.BREAST_COMPOSITION, Rel.CONTAINS, children)
+
+
+def _individual(side: str, breast: dict[str, Any], result: dict[str, Any]) -> ContainerContentItem:
+    """TID 4003 for one breast: rendering intent, TID 4002 body, the composition finding."""
+    versions = result.get("models") or {}
+    body: list[ContentItem] = []
+    if breast.get("birads"):
+        body.append(_assessment(side, breast["birads"], Rel.CONTAINS))
+    body.append(TextContentItem(IMPRESSION_DESCRIPTION, _breast_text(side, breast, result), Rel.CONTAINS))
+    probabilities = (breast.get("classifier") or {}).get("birads_probabilities") or {}
+    if breast.get("birads_source") == "classifier" and breast.get("birads") in probabilities:
+        certainty = round(100.0 * float(probabilities[breast["birads"]]), 2)
+        body.append(NumContentItem(CERTAINTY_OF_IMPRESSION, certainty, PERCENT, relationship_type=Rel.CONTAINS))
+    used = {_source_kind(breast.get("birads_source")), _source_kind(breast.get("density_source"))}
+    kinds = [k for k in _model_kinds(result) if k in used]
+    for kind in kinds or _model_kinds(result):
+        body += _algorithm(versions, kind, Rel.CONTAINS)
+    children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD), *body,
+                _composition_finding(breast, versions)]
+    return _container(INDIVIDUAL_IMPRESSION, Rel.INFERRED_FROM, children, continuous=True)
+
+
+def _cad_summary(result: dict[str, Any]) -> CodeContentItem:
+    """TID 4001: the processing summary, the overall TID 4002 body (both breasts' BI-RADS, the
+    report text and disclaimer, the algorithms) and one TID 4003 per breast with a composition."""
+    breasts = result.get("breasts") or {}
+    kinds = _model_kinds(result)
+    individual = [side for side in SIDES if breasts.get(side, {}).get("density")]
+    body: list[ContentItem] = [_assessment(side, breasts[side]["birads"], Rel.HAS_PROPERTIES)
+                               for side in SIDES if breasts.get(side, {}).get("birads")]
+    body.append(TextContentItem(IMPRESSION_DESCRIPTION,
+                                _overall_text(result, [s for s in SIDES if s in breasts and s not in individual]),
+                                Rel.HAS_PROPERTIES))
+    for kind in kinds or [NODE_KIND]:
+        body += _algorithm(result.get("models") or {}, kind, Rel.HAS_PROPERTIES)
+    children = body + [_individual(side, breasts[side], result) for side in individual]
+    if not kinds:
+        value = NONE_SUCCEEDED
+    elif any(b.get("findings") for b in breasts.values()):
+        value = WITH_FINDINGS
+    else:
+        value = WITHOUT_FINDINGS
+    return _code(CAD_SUMMARY, value, Rel.CONTAINS, children)
+
+
+# ---------------------------------------------------------------------------- summaries (TID 4015-4018)
+def _performed(name: CodedConcept, value: CodedConcept, kind: str, result: dict[str, Any],
+               source: SourceStudy) -> CodeContentItem:
+    """TID 4017/4018: what one model did, on which images (by value, row 3)."""
+    props = Rel.HAS_PROPERTIES
+    children = [*_algorithm(result.get("models") or {}, kind, props), *(_image(i, props) for i in source.images)]
+    return _code(name, value, Rel.CONTAINS, children)
+
+
+def _summaries(result: dict[str, Any], source: SourceStudy) -> list[CodeContentItem]:
+    """Summary of Detections / Analyses: every model that ran detected breast composition (CID 6014)
+    and made the per-breast impressions (CID 6043); nothing is attempted when no model ran."""
+    kinds = _model_kinds(result)
+    if not kinds:
+        return [_code(SUMMARY_OF_DETECTIONS, NOT_ATTEMPTED, Rel.CONTAINS),
+                _code(SUMMARY_OF_ANALYSES, NOT_ATTEMPTED, Rel.CONTAINS)]
+    detections = _container(SUCCESSFUL_DETECTIONS, Rel.INFERRED_FROM, [
+        _performed(DETECTION_PERFORMED, C.BREAST_COMPOSITION, k, result, source) for k in kinds])
+    analyses = _container(SUCCESSFUL_ANALYSES, Rel.INFERRED_FROM, [
+        _performed(ANALYSIS_PERFORMED, INDIVIDUAL_ANALYSIS, k, result, source) for k in kinds])
+    return [_code(SUMMARY_OF_DETECTIONS, SUCCEEDED, Rel.CONTAINS, [detections]),
+            _code(SUMMARY_OF_ANALYSES, SUCCEEDED, Rel.CONTAINS, [analyses])]
+
+
+def _content_root(source: SourceStudy, result: dict[str, Any]) -> ContainerContentItem:
+    library = _container(IMAGE_LIBRARY, Rel.CONTAINS, [_library_entry(i) for i in source.images])
+    children = [*hd.sr.LanguageOfContentItemAndDescendants(ENGLISH), library, _cad_summary(result),
+                *_summaries(result, source)]
+    return _container(REPORT, None, children, template_id="4000")
+
+
+def _plain(item: Dataset) -> Dataset:
+    """A plain pydicom copy of a highdicom item, without the placeholder name of IMAGE references."""
+    out = Dataset()
+    for elem in item:
+        if elem.keyword == "ContentSequence":
+            out.ContentSequence = [_plain(child) for child in elem.value]
+        elif elem.keyword == "ConceptNameCodeSequence" and item.get("ValueType") == "IMAGE":
+            continue
+        else:
+            out.add(deepcopy(elem))
+    return out
+
+
+# ---------------------------------------------------------------------------- the document
+def _evidence(source: SourceStudy) -> list[Dataset]:
+    """Current Requested Procedure Evidence: the source images, by series (viewers need it)."""
+    series: dict[str, list[Dataset]] = {}
+    for image in source.images:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = image.sop_class_uid, image.sop_instance_uid
+        series.setdefault(image.series_instance_uid, []).append(ref)
+    study = Dataset()
+    study.StudyInstanceUID = source.study_uid
+    study.ReferencedSeriesSequence = []
+    for uid, refs in series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = uid
+        item.ReferencedSOPSequence = refs
+        study.ReferencedSeriesSequence.append(item)
+    return [study]
+
+
+def _procedure_codes(source: SourceStudy) -> list[Dataset]:
+    seq = source.header.get("ProcedureCodeSequence")
+    if seq:
+        return [deepcopy(item) for item in seq]
+    item = Dataset()
+    code = C.PROCEDURE_MAMMOGRAPHY
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    return [item]
+
+
+def _author(source: SourceStudy, result: dict[str, Any]) -> Dataset:
+    """The device observer of the whole document (SR Document General, Author Observer Sequence):
+    TID 4000 has no observation-context rows, so who made it is said in the header."""
+    item = Dataset()
+    item.ObserverType = "DEV"
+    item.DeviceUID = derived_uid("device", DEVICE_NAME)
+    item.StationName = DEVICE_NAME
+    item.Manufacturer = MANUFACTURER
+    labels = [" ".join(model_label(result.get("models") or {}, k)) for k in _model_kinds(result)]
+    item.ManufacturerModelName = ("; ".join([DEVICE_NAME, *labels]))[:64]
+    if source.get("InstitutionName"):  # the node works for the site that sent the study
+        item.InstitutionName = source.get("InstitutionName")
+    item.InstitutionCodeSequence = []  # type 2: we know no code for the site
+    return item
+
+
+def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SOP_CLASS_UID
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"MAMMONODE_{SOFTWARE_VERSION}"[:16]
+    return meta
+
+
+def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float) -> Dataset:
+    """The Mammography CAD SR for ``result`` (module doc; docs/sr-tid4000.md), ready for
+    ``save_as(..., enforce_file_format=True)`` and C-STORE. ``created_at`` (the result's journal
+    time) is the content date/time. An incomplete result (no model ran) still gives a valid SR whose
+    summaries say Not Attempted, so a workstation shows that CAD did not run rather than nothing."""
+    identity = output_identity(source.study_uid, result, KIND)
+    when = utc(created_at)
+    day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    status = result.get("status", "complete")
+    ds = Dataset()
+    # Patient, General Study: copied from the source images (same Study Instance UID).
+    for elem in source.patient_study_attributes():
+        ds.add(deepcopy(elem))
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")  # type 2: present, empty when the source has none
+    ds.StudyInstanceUID = source.study_uid
+    # SR Document Series: our own series.
+    ds.Modality = "SR"
+    ds.SeriesInstanceUID = identity.series_instance_uid
+    ds.SeriesNumber = SERIES_NUMBER[KIND]
+    ds.SeriesDate, ds.SeriesTime = day, clock
+    ds.SeriesDescription = SERIES_DESCRIPTION[KIND]
+    ds.ReferencedPerformedProcedureStepSequence = []
+    # General Equipment: the node and the model versions it ran.
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = DEVICE_NAME
+    ds.SoftwareVersions = [SOFTWARE_VERSION] + [(result.get("models") or {})[k][:64] for k in _model_kinds(result)]
+    # SR Document General.
+    ds.InstanceNumber = INSTANCE_NUMBER
+    ds.CompletionFlag = "COMPLETE" if status == "complete" else "PARTIAL"
+    if status != "complete":
+        missing = ", ".join(result.get("missing_views") or [])
+        ds.CompletionFlagDescription = (f"views missing ({missing}); no model ran" if status == "incomplete"
+                                        else f"views missing ({missing}); processed with the views present")[:64]
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.ContentDate, ds.ContentTime = day, clock
+    ds.AuthorObserverSequence = [_author(source, result)]
+    ds.PerformedProcedureCodeSequence = _procedure_codes(source)
+    ds.CurrentRequestedProcedureEvidenceSequence = _evidence(source)
+    # SR Document Content: the TID 4000 tree.
+    root = _plain(_content_root(source, result))
+    for elem in root:
+        ds.add(elem)
+    # SOP Common.
+    ds.SOPClassUID = SOP_CLASS_UID
+    ds.SOPInstanceUID = identity.sop_instance_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = day, clock
+    ds.TimezoneOffsetFromUTC = "+0000"
+    if _uses_local_scheme(ds):
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = C.LOCAL_SCHEME
+        scheme.CodingSchemeName = C.LOCAL_SCHEME_NAME
+        scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+        ds.CodingSchemeIdentificationSequence = [scheme]
+    ds.SpecificCharacterSet = _character_set(ds)
+    ds.file_meta = _file_meta(identity.sop_instance_uid)
+    return ds
+
+
+def _character_set(ds: Dataset) -> str:
+    """Latin-1 when every string fits (what most receivers and DCMTK's checker handle), else UTF-8
+    (a Chinese report, a patient name in another script)."""
+    for elem in ds.iterall():
+        values = elem.value if isinstance(elem.value, (list, tuple)) or elem.VM > 1 else [elem.value]
+        for value in values:
+            if isinstance(value, str) or elem.VR == "PN":
+                try:
+                    str(value).encode("latin-1")
+                except UnicodeEncodeError:
+                    return "ISO_IR 192"
+    return "ISO_IR 100"
+
+
+def _uses_local_scheme(ds: Dataset) -> bool:
+    for item in ds.get("ContentSequence", []):
+        for key in ("ConceptCodeSequence", "ConceptNameCodeSequence"):
+            if any(c.CodingSchemeDesignator == C.LOCAL_SCHEME for c in item.get(key, [])):
+                return True
+        if _uses_local_scheme(item):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------- reading it back
+def _code_of(item: Dataset, key: str = "ConceptNameCodeSequence") -> tuple[str, str, str]:
+    seq = item.get(key) or []
+    if not seq:
+        return "", "", ""
+    return str(seq[0].CodeValue), str(seq[0].CodingSchemeDesignator), str(seq[0].CodeMeaning)
+
+
+def _children(item: Dataset) -> list[Dataset]:
+    return list(item.get("ContentSequence", []))
+
+
+def _side_of(item: Dataset) -> str | None:
+    for child in _children(item):
+        if _code_of(child)[0] == LATERALITY.value:
+            value = _code_of(child, "ConceptCodeSequence")[0]
+            return next((s for s, c in BREAST_SIDE.items() if c.value == value), None)
+    return None
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at "; " outside parentheses (the findings sentence nests "; " inside them)."""
+    parts, depth, current = [], 0, ""
+    for i, ch in enumerate(text):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == ";" and depth == 0 and text[i + 1:i + 2] == " ":
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _read_findings(text: str, breasts: dict[str, dict[str, Any]]) -> str | None:
+    """Finding ids from our own findings sentences; returns the side of the text's first line."""
+    names = {t.name: t.id for t in lexicon.by_category("finding")}
+    first = _SIDE_LINE.match(text)
+    for line in text.splitlines():
+        match = _FINDINGS_LINE.match(line.strip())
+        if not match:
+            continue
+        side = "R" if match.group(1) == "Right" else "L"
+        entry = breasts.setdefault(side, {"birads": None, "density": None, "findings": []})
+        words = match.group(2).strip()
+        if words != _NONE_REPORTED:
+            for part in _split_top(words):
+                name = part.split(" (")[0].strip()
+                entry["findings"].append(names.get(name, name.replace(" ", "_")))
+    return None if first is None else ("R" if first.group(1) == "Right" else "L")
+
+
+def _read_algorithms(items: Iterable[Dataset], models: dict[str, str]) -> None:
+    name = version = None
+    for item in items:
+        code = _code_of(item)[0]
+        if code == ALGORITHM_NAME.value:
+            name, version = str(item.TextValue), None
+        elif code == ALGORITHM_VERSION.value:
+            version = str(item.TextValue)
+        elif code == ALGORITHM_PARAMETERS.value and str(item.TextValue).startswith("kind="):
+            kind = str(item.TextValue)[5:]
+            if kind != NODE_KIND and name is not None:
+                models[kind] = f"{name}@{version}" if version else name
+
+
+def read_mammography_cad_sr(ds: Dataset) -> dict[str, Any]:
+    """What a receiver reads back from our Mammography CAD SR, by walking the content tree (highdicom
+    cannot read this SOP class): per breast BI-RADS, density and finding ids, the images with their
+    positions, the model versions; the round-trip tests compare it with the result."""
+    if str(ds.get("SOPClassUID", "")) != SOP_CLASS_UID or _code_of(ds)[0] != REPORT.value:
+        raise ValueError("not a Mammography CAD SR (TID 4000)")
+    images: list[dict[str, str]] = []
+    breasts: dict[str, dict[str, Any]] = {}
+    models: dict[str, str] = {}
+    summary = None
+    for item in _children(ds):
+        code = _code_of(item)[0]
+        if code == IMAGE_LIBRARY.value:
+            for entry in _children(item):
+                side = view = None
+                for ctx in _children(entry):
+                    value = _code_of(ctx, "ConceptCodeSequence")[0]
+                    if _code_of(ctx)[0] == C.IMAGE_LATERALITY.value:
+                        side = next((s for s, c in BREAST_SIDE.items() if c.value == value), None)
+                    elif _code_of(ctx)[0] == C.IMAGE_VIEW.value:
+                        view = VIEW_NAMES.get(value)
+                images.append({"position": f"{side}-{view}",
+                               "sop_instance_uid": str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)})
+        elif code == CAD_SUMMARY.value:
+            summary = _code_of(item, "ConceptCodeSequence")[2]
+            body = [c for c in _children(item) if c.RelationshipType == "HAS PROPERTIES"]
+            _read_body(body, breasts)
+            _read_algorithms(body, models)
+            for individual in (c for c in _children(item) if _code_of(c)[0] == INDIVIDUAL_IMPRESSION.value):
+                _read_individual(individual, breasts)
+    return {"study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
+            "sop_instance_uid": str(ds.SOPInstanceUID), "summary": summary, "models": models,
+            "breasts": breasts, "images": images}
+
+
+def _read_body(body: list[Dataset], breasts: dict[str, dict[str, Any]]) -> str | None:
+    """BI-RADS per laterality and findings sentences of a TID 4002 body; returns its breast, if one."""
+    side = None
+    for item in body:
+        code = _code_of(item)[0]
+        if code == C.ASSESSMENT_CATEGORY.value:
+            side = _side_of(item)
+            if side is not None:
+                value, scheme, meaning = _code_of(item, "ConceptCodeSequence")
+                entry = breasts.setdefault(side, {"birads": None, "density": None, "findings": []})
+                entry["birads"] = C.birads_from_concept(value, scheme, meaning)
+        elif code == IMPRESSION_DESCRIPTION.value:
+            first = _read_findings(str(item.TextValue), breasts)
+            side = side or first
+    return side
+
+
+def _read_individual(container: Dataset, breasts: dict[str, dict[str, Any]]) -> None:
+    body = [c for c in _children(container) if c.RelationshipType == "CONTAINS"
+            and _code_of(c)[0] != SINGLE_IMAGE_FINDING.value]
+    scratch: dict[str, dict[str, Any]] = {}
+    side = _read_body(body, scratch)
+    if side is None:
+        return
+    entry = breasts.setdefault(side, {"birads": None, "density": None, "findings": []})
+    entry["findings"] = scratch.get(side, {}).get("findings", entry["findings"])
+    if entry["birads"] is None:
+        entry["birads"] = scratch.get(side, {}).get("birads")
+    for finding in (c for c in _children(container) if _code_of(c)[0] == SINGLE_IMAGE_FINDING.value):
+        for prop in _children(finding):
+            if _code_of(prop)[0] == C.BREAST_COMPOSITION.value:
+                entry["density"] = C.density_from_code(_code_of(prop, "ConceptCodeSequence")[0])
+
+
+__all__ = ["KIND", "SOP_CLASS_UID", "build_mammography_cad_sr", "read_mammography_cad_sr"]
