@@ -52,8 +52,9 @@ class NodeApp:
                                       {"num_beams": settings.inference.num_beams,
                                        "max_new_tokens": settings.inference.max_new_tokens})
         self.models: dict[str, str] = {}
-        self.outbox = Outbox(self.journal, settings, on_attempt=self._delivery_attempted)
-        self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir, outputs=OutputPreparer(settings),
+        preparer = OutputPreparer(settings)
+        self.outbox = Outbox(self.journal, settings, preparer, on_attempt=self._delivery_attempted)
+        self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir, outputs=preparer,
                                  on_done=self._study_done)
         self.http: HttpApi | None = None
         if settings.http.enabled:

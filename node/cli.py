@@ -372,8 +372,11 @@ def status(as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) ->
         data.update(journal.counts())
         oldest = journal.list_studies(state="RECEIVING")
         data["oldest_receiving_age_s"] = round(time.time() - oldest[-1].first_received_at, 1) if oldest else None
+        from node.outbox import OutboxQueue
+
+        data["outbox"] = OutboxQueue(journal).depth()
     else:
-        data["studies"], data["instances"], data["quarantined"] = {}, 0, 0
+        data["studies"], data["instances"], data["quarantined"], data["outbox"] = {}, 0, 0, {}
     from node.packages.registry import ModelRegistry
 
     data["models"] = ModelRegistry(settings.models_dir).active()
@@ -398,6 +401,9 @@ def status(as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) ->
     console.print(f"studies: {states}")
     console.print(f"instances {data.get('instances', 0)}, duplicates {data.get('duplicates', 0)}, "
                   f"quarantined {data.get('quarantined', 0)}")
+    outbox = "; ".join(f"{dest}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+                       for dest, states in sorted(data["outbox"].items())) or "empty"
+    console.print(f"outbox: {outbox}")
 
 
 @config_app.command("check")

@@ -1,8 +1,8 @@
 """``mammo-node outbox ...``: see, re-send and clean up result deliveries (node.outbox).
 
 Works on the journal directly, beside a running node: ``retry`` re-queues rows and the node's
-poll (every few seconds) sends them. Exit codes: 0 done, 1 nothing matched or refused, 2 bad
-usage or configuration.
+poll (every few seconds) sends them. Exit codes: 0 done (also when there was nothing to do: the
+JSON says how many rows were affected), 1 no journal, 2 bad usage or configuration.
 """
 from __future__ import annotations
 
@@ -89,7 +89,6 @@ def outbox_retry(
     else:
         console.print(f"{count} rows queued again; a running node sends them within seconds" if count
                       else "nothing to retry")
-    raise typer.Exit(0 if count else 1)
 
 
 @outbox_app.command("purge")

@@ -37,7 +37,8 @@ class NodeSection(_Section):
     min_free_mb: int = Field(default=1024, ge=0)
     # fsync every received file and its directory before acknowledging; turn off only for tests.
     fsync: bool = True
-    # Include patient identifiers (names, IDs, UIDs) in logs. Off: logs carry short study keys.
+    # Name studies by Study Instance UID in logs. Off: short study keys (s-1a2b3c4d5e). Patient
+    # names and IDs are never logged either way.
     log_phi: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -37,7 +37,7 @@ from typing import Any, Callable
 from node.config import Settings
 from node.journal import Journal
 from node.logref import study_ref
-from node.outputs.prepare import HL7_DESTINATION
+from node.outputs.prepare import HL7_DESTINATION, OutputPreparer, OutputSuperseded
 
 log = logging.getLogger("mammo_node.outbox")
 
@@ -176,12 +176,14 @@ Sender = Callable[[list[tuple[OutboxRow, Path]]], list[Attempt]]
 class Outbox:
     """Delivers queued outputs (see the module docstring)."""
 
-    def __init__(self, journal: Journal, settings: Settings, poll_seconds: float | None = None,
-                 on_attempt: Callable[[OutboxRow, Attempt], None] | None = None) -> None:
+    def __init__(self, journal: Journal, settings: Settings, preparer: OutputPreparer | None = None,
+                 poll_seconds: float | None = None, on_attempt: Callable[[OutboxRow, Attempt], None] | None = None) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.queue = OutboxQueue(journal)
+        self.journal = journal
+        self.preparer = preparer or OutputPreparer(settings)
         self.settings = settings
         self.poll_seconds = poll_seconds or settings.outbox.poll_seconds
         self.on_attempt = on_attempt
@@ -274,11 +276,15 @@ class Outbox:
             rows = [r for r in self.queue.due(destination, time.time()) if self.queue.claim(r)]
             if not rows:
                 return
-            batch = [(r, self.settings.data_dir / r.payload) for r in rows]
-            missing = [(r, p) for r, p in batch if not p.exists()]
-            for row, path in missing:
-                self._record(row, Attempt("reject", f"payload file missing: {path.name}"), cfg)
-            batch = [(r, p) for r, p in batch if p.exists()]
+            batch = []
+            for row in rows:
+                try:
+                    batch.append((row, self.preparer.render(self.journal, row.study_uid, row.kind, row.identity)))
+                except OutputSuperseded as exc:
+                    self._record(row, Attempt("reject", f"superseded: {exc}"), cfg)
+                except Exception as exc:  # an encoder bug: dead-letter it with the reason, keep going
+                    log.exception("rendering %s of study %s failed", row.kind, study_ref(row.study_uid))
+                    self._record(row, Attempt("reject", f"encoding failed: {type(exc).__name__}: {exc}"), cfg)
             try:
                 attempts = sender(batch) if batch else []
             except Exception as exc:  # a bug in a sender must not lose rows: retry them later

@@ -9,8 +9,8 @@ study). For each study:
 3. the selected view of each position is preprocessed exactly as the package's manifest says
    (models.preprocess, the implementation training used);
 4. VersaMammo per view, averaged per breast; MammoRG's report; ``models.reportparse`` reads it;
-5. the outputs of the result are encoded for each configured destination (node.outputs: SRs,
-   HL7 ORU) and written to disk;
+5. the outputs each configured destination gets are planned (node.outputs.prepare: kinds and
+   identities; the bytes are rendered later on the delivery threads);
 6. the result, its queued outputs (node.outbox) and PROCESSING -> DONE in one journal
    transaction; the outbox is woken to deliver them.
 
@@ -42,8 +42,7 @@ from node.inference.engine import InferenceEngine
 from node.journal import Journal
 from node.logref import study_ref
 from node.results import breast_probabilities, build_result
-from node.outputs.prepare import OutputPreparer
-from node.outputs.source import SourceStudy
+from node.outputs.prepare import OutputPreparer, selected_sources
 from node.views import POSITIONS
 
 log = logging.getLogger("mammo_node.pipeline")
@@ -159,13 +158,11 @@ class Pipeline:
         result["seconds"] = round(time.perf_counter() - start, 3)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
         finished_at = time.time()
-        encode_start = time.perf_counter()
         try:
-            outputs = self._prepare_outputs(study_uid, selection, result, finished_at)
-            result.setdefault("timings", {})["outputs"] = round(time.perf_counter() - encode_start, 4)
-        except Exception as exc:  # an encoder bug: keep the study visible and retryable, never half-sent
-            log.exception("study %s: encoding its outputs failed", study_ref(study_uid))
-            return self._fail(study_uid, f"encoding the outputs failed ({type(exc).__name__}: {exc})")
+            outputs = self._plan_outputs(study_uid, result)
+        except Exception as exc:  # unreadable headers, a bug: keep the study visible and retryable
+            log.exception("study %s: planning its outputs failed", study_ref(study_uid))
+            return self._fail(study_uid, f"planning the outputs failed ({type(exc).__name__}: {exc})")
         self.journal.finish_study(study_uid, result, f"processed with {versions}"
                                   + (f"; {len(outputs)} outputs queued" if outputs else ""), outputs, now=finished_at)
         log.info("study %s DONE in %.2f s (%s)", study_ref(study_uid), result["seconds"], versions)
@@ -173,17 +170,15 @@ class Pipeline:
             self.on_done(study_uid, DONE, result)
         return DONE
 
-    def _prepare_outputs(self, study_uid: str, selection: dict[str, Any], result: dict[str, Any],
-                         created_at: float) -> list[dict[str, Any]]:
+    def _plan_outputs(self, study_uid: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+        """The outbox rows of this result (rendered later, on the delivery threads)."""
         if self.outputs is None or not self.outputs.enabled:
             return []
-        paths = {i.id: self.data_dir / i.path for i in self.journal.study_instances(study_uid)}
-        chosen = {p: paths[c["instance_id"]] for p, c in selection.get("positions", {}).items()
-                  if c.get("instance_id") in paths}
-        if not chosen:
+        source = selected_sources(self.journal, self.data_dir, study_uid)
+        if source is None:
             log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
             return []
-        return self.outputs.prepare(SourceStudy.from_files(chosen), result, created_at)
+        return self.outputs.plan(source, result)
 
     def _fail(self, study_uid: str, reason: str) -> str:
         self.journal.transition(study_uid, PROCESSING, FAILED, reason[:500])

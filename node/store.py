@@ -7,7 +7,7 @@ after it leaves a durable, journalled instance.
 
 Layout under ``data_dir``: ``spool/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (a
 different-content duplicate gets ``.dupN``), ``spool/.incoming/`` for transfers in progress,
-``quarantine/<id>-<reason>.dcm`` with a ``.json`` beside it for refused input.
+``quarantine/<YYYYMMDDTHHMMSS>-<8 hex>.dcm`` with a ``.json`` beside it (the reason) for refused input.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.fsutil import fsync_dir
 from node.assembly import Assembler
 from node.config import Settings
 from node.dicom.inspect import (
@@ -50,14 +51,6 @@ class StoreResult:
     comment: str | None = None
     instance_id: int | None = None
     study_uid: str | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -186,7 +179,7 @@ class InstanceStore:
             target = study_dir / name
             os.replace(incoming, target)
             if self.fsync:
-                _fsync_dir(study_dir)
+                fsync_dir(study_dir)
             duplicate_of = int(earlier[0]["id"]) if earlier else None
             instance = {
                 "sop_instance_uid": inspected.sop_instance_uid,

@@ -93,6 +93,8 @@ class AssociationPolicy:
                 address = ipaddress.ip_address(host)
             except ValueError:
                 return _REJECT_NO_REASON, f"host {host!r} is not an IP address"
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped  # an IPv4 peer on a dual-stack ("::") listener
             if not any(address in net for net in self.networks):
                 return _REJECT_NO_REASON, f"host {host} is not in dicom.allowed_hosts"
         if self.calling_aets and calling_aet not in self.calling_aets:

@@ -184,6 +184,10 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
         setattr(sr, f"{prefix}Date", when.strftime("%Y%m%d"))
         setattr(sr, f"{prefix}Time", when.strftime("%H%M%S"))
     sr.TimezoneOffsetFromUTC = "+0000"
+    if any(breast.get("birads") == "6" for breast in result.get("breasts", {}).values()):
+        sr.CodingSchemeIdentificationSequence = [_local_scheme()]
+    if not _fits(sr.get("SpecificCharacterSet"), result):
+        sr.SpecificCharacterSet = "ISO_IR 192"  # report text beyond the source images' character set
     for item in sr.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:  # highdicom stamps "now": use the result's time
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
@@ -202,6 +206,28 @@ def _finding_properties(item: Dataset) -> dict[str, Any]:
         if term:
             (locations if category == "location" else descriptors).append(term)
     return {"status": status, "locations": locations, "descriptors": descriptors}
+
+
+def _local_scheme() -> Dataset:
+    item = Dataset()
+    item.CodingSchemeDesignator = C.LOCAL_SCHEME
+    item.CodingSchemeName = C.LOCAL_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
+
+
+def _fits(charset: Any, result: dict[str, Any]) -> bool:
+    """Whether the report text can be written in the character set copied from the source images."""
+    names = [charset] if isinstance(charset, str) else list(charset or [])
+    if any(n == "ISO_IR 192" for n in names):
+        return True
+    encoding = "latin-1" if any(n == "ISO_IR 100" for n in names) else "ascii"
+    text = " ".join(str(v) for v in (result.get("report") or {}).values() if v)
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_tid1500_sr(ds: Dataset) -> dict[str, Any]:

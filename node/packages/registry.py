@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from node.fsutil import fsync_dir, write_atomic
 from node.inference.session import SessionSettings
 from node.packages.manifest import KINDS, MANIFEST, Manifest, PackageError, check_files, read_manifest
 
@@ -125,7 +126,7 @@ class ModelRegistry:
                 if problems:
                     raise PackageError(f"{manifest.ref} refused: " + "; ".join(problems))
                 os.replace(root, target)
-                _fsync_dir(self.packages_dir)
+                fsync_dir(self.packages_dir)
                 self._log("install", manifest.kind, manifest.ref)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -202,14 +203,7 @@ class ModelRegistry:
     def _write_state(self, state: dict[str, Any], action: str, kind: str, ref: str) -> None:
         state["log"] = (state["log"] + [{"action": action, "kind": kind, "ref": ref,
                                          "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])[-200:]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(state, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_path)
-        _fsync_dir(self.dir)
+        write_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True).encode("utf-8"))
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -241,10 +235,3 @@ class ModelRegistry:
             raise PackageError(f"{source}: the archive holds no {MANIFEST}")
         return manifests[0].parent
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -39,3 +39,17 @@ def test_tensorrt_without_tensorrt_explains_and_fails(tmp_path):
     if gpu_driver_present():  # a GPU machine: the command may work; only the CPU case is asserted
         return
     assert out.returncode == 1 and "TensorRT is not available here" in out.stderr
+
+
+def test_mammorg_model_dir_to_package(tmp_path):
+    """`mammo-export mammorg MODEL_DIR --out DIR --version V --tar`, as docs/model-packages.md shows."""
+    from models.mammorg import save_mammorg
+    from tests.packages import tiny_mammorg
+
+    model, tokenizer = tiny_mammorg(2)
+    save_mammorg(model, tmp_path / "model", tokenizer, extra={"metrics": {"birads_f1": 0.4}})
+    out = _run("mammorg", str(tmp_path / "model"), "--out", str(tmp_path / "pkg"), "--version", "1.1.0", "--tar",
+               "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["ref"] == "mammorg@1.1.0" and info["package"].endswith("pkg.tar")

@@ -122,3 +122,20 @@ def test_no_sr_when_no_model_ran(phantom_dir: Path) -> None:
               "report": None, "models": {}, "preliminary": True}
     with pytest.raises(NotApplicable):
         build_tid1500_sr(source, result, created_at=CREATED)
+
+
+def test_chinese_report_and_birads_6_stay_valid(phantom_dir: Path, tmp_path: Path) -> None:
+    text = ("检查所见：\n双侧乳腺不均匀致密型。\n右乳外上象限见不规则肿块，边缘毛刺。\n\n"
+            "诊断意见：\n右乳 BI-RADS 6。\n左乳 BI-RADS 1。\n")
+    result = sample_result(text, birads=(5, 1), density=2)
+    result["breasts"]["R"]["birads"] = "6"
+    source = phantom_source(_studies(phantom_dir)[0])
+    path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path)
+    report = _dciodvfy(path)
+    assert "Error" not in report, report
+    ds = pydicom.dcmread(path)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99MAMMO"
+    back = read_tid1500_sr(ds)
+    assert back["breasts"]["R"]["birads"] == "6"
+    assert back["impression_text"] == result["report"]["impression"]
