@@ -182,6 +182,9 @@ class HL7Output(_Section):
     receiving_facility: str = "HOSPITAL"
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)  # waiting for the ACK
+    # Validate every message with hl7apy STRICT before sending it (0.1-0.2 s of CPU each). The test
+    # suite validates every form of message we build; turn on to check unusual data in production.
+    validate_messages: bool = False
 
     @field_validator("sending_application", "sending_facility", "receiving_application", "receiving_facility")
     @classmethod

@@ -174,7 +174,8 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
         # MSH-13..17 empty: original acknowledgment mode (the RIS answers AA/AE/AR).
         "", "", "", "", "", charset)
     message = msh + "\r" + text + "\r"
-    validate_oru(message)
+    if settings.validate_messages:
+        validate_oru(message)
     return message
 
 

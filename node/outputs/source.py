@@ -72,6 +72,23 @@ class SourceStudy:
                 setattr(out, keyword, self.header[keyword].value)
         return out
 
+    def evidence(self) -> list[Dataset]:
+        """Current Requested Procedure Evidence: the source images, by series (viewers need it)."""
+        series: dict[str, list[Dataset]] = {}
+        for image in self.images:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = image.sop_class_uid, image.sop_instance_uid
+            series.setdefault(image.series_instance_uid, []).append(ref)
+        study = Dataset()
+        study.StudyInstanceUID = self.study_uid
+        study.ReferencedSeriesSequence = []
+        for uid, refs in series.items():
+            item = Dataset()
+            item.SeriesInstanceUID = uid
+            item.ReferencedSOPSequence = refs
+            study.ReferencedSeriesSequence.append(item)
+        return [study]
+
     def get(self, keyword: str, default: Any = "") -> Any:
         value = self.header.get(keyword, default)
         return default if value is None else value

@@ -345,21 +345,7 @@ def _plain(item: Dataset) -> Dataset:
 
 # ---------------------------------------------------------------------------- the document
 def _evidence(source: SourceStudy) -> list[Dataset]:
-    """Current Requested Procedure Evidence: the source images, by series (viewers need it)."""
-    series: dict[str, list[Dataset]] = {}
-    for image in source.images:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = image.sop_class_uid, image.sop_instance_uid
-        series.setdefault(image.series_instance_uid, []).append(ref)
-    study = Dataset()
-    study.StudyInstanceUID = source.study_uid
-    study.ReferencedSeriesSequence = []
-    for uid, refs in series.items():
-        item = Dataset()
-        item.SeriesInstanceUID = uid
-        item.ReferencedSOPSequence = refs
-        study.ReferencedSeriesSequence.append(item)
-    return [study]
+    return source.evidence()
 
 
 def _procedure_codes(source: SourceStudy) -> list[Dataset]:

@@ -175,6 +175,7 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
         series_instance_uid=identity.series_instance_uid, series_number=SERIES_NUMBER[KIND],
         sop_instance_uid=identity.sop_instance_uid, instance_number=INSTANCE_NUMBER,
         manufacturer=MANUFACTURER, is_complete=False, is_final=False, is_verified=False,
+        record_evidence=False,  # set below from the source images: highdicom's tree search is slow
         institution_name=source.get("InstitutionName") or None,
         performed_procedure_codes=_procedure(source),
         series_description=SERIES_DESCRIPTION[KIND], software_versions=SOFTWARE_VERSION,
@@ -184,6 +185,7 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
         setattr(sr, f"{prefix}Date", when.strftime("%Y%m%d"))
         setattr(sr, f"{prefix}Time", when.strftime("%H%M%S"))
     sr.TimezoneOffsetFromUTC = "+0000"
+    sr.CurrentRequestedProcedureEvidenceSequence = source.evidence()
     if any(breast.get("birads") == "6" for breast in result.get("breasts", {}).values()):
         sr.CodingSchemeIdentificationSequence = [_local_scheme()]
     if not _fits(sr.get("SpecificCharacterSet"), result):

@@ -25,7 +25,7 @@ from tests.node.outputs_helpers import phantom_case, phantom_source, sample_resu
 
 CREATED = 1_717_243_200.25  # 2024-06-01 12:00:00.25 UTC
 SETTINGS = HL7Output(host="127.0.0.1", port=2575, sending_application="MAMMO_NODE", sending_facility="RADIOLOGY",
-                     receiving_application="RIS", receiving_facility="HOSPITAL")
+                     receiving_application="RIS", receiving_facility="HOSPITAL", validate_messages=True)
 # hl7apy's copy of the v2.5.1 tables lacks CWE (0125) and SCT (0396); our local codes are 99MAMMO.
 KNOWN_TABLE_GAPS = {("CWE", "HL70125"), ("SCT", "HL70396"), ("99MAMMO", "HL70396"), ("NCIT", "HL70396")}
 
