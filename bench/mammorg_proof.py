@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--student", type=Path, required=True)
     parser.add_argument("--studies", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: train on the GPU in bf16")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessed-image cache (default: under --out)")
     parser.add_argument("--json", type=Path, default=None)
@@ -34,6 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     # The tiny config's epochs suit its 120 studies; at 600 the same number of iterations needs fewer.
     budget = {"mammorg.lm_warmup_epochs": 4, "align.epochs": 2, "sft.epochs": 4} if args.studies >= 400 else {}
+    if args.device != "cpu":
+        budget.update({"run.device": args.device, "run.precision": "bf16"})
     result = run_mammorg_proof(args.out, args.cache or args.out / "cache", args.student, studies=args.studies,
                                **budget)
     rows = list(KEYS) + ["density_f1_majority", "birads_f1_majority", "seconds"]

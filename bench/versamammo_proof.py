@@ -1,6 +1,7 @@
 """Proof that the tiny VersaMammo pipeline learns on phantoms (issue 3, section 7).
 
     python -m bench.versamammo_proof [--studies 600] [--ssl-iterations 600] [--distill-epochs 8] [--json OUT]
+    python -m bench.versamammo_proof --device cuda --studies 4000 --distill-epochs 30   # a GPU machine
 
 Runs ``training.versamammo.proof.run_proof`` on 2 CPU cores and prints, each beside its
 baseline: the SSL loss (first vs last iterations), the density linear probe of the SSL teacher
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--ssl-iterations", type=int, default=600)
     parser.add_argument("--distill-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: train on the GPU in bf16")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
@@ -34,8 +36,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    device = {} if args.device == "cpu" else {"run.device": args.device, "run.precision": "bf16"}
     result = run_proof(args.out / "run", args.out / "cache", studies=args.studies,
-                       ssl_iterations=args.ssl_iterations, distill_epochs=args.distill_epochs)
+                       ssl_iterations=args.ssl_iterations, distill_epochs=args.distill_epochs, **device)
     result["seconds"] = round(time.perf_counter() - start, 1)
     s, p, st = result["ssl"], result["probe"], result["student"]
     print(f"SSL loss: first {s['loss_first']:.3f} -> last {s['loss_last']:.3f}")

@@ -52,6 +52,35 @@ def test_two_views_differ_and_use_the_serving_normalisation() -> None:
     assert torch.allclose(plain["high"], torch.from_numpy(normalize(img, student_preprocess_config(cfg))), atol=1e-6)
 
 
+def test_only_the_high_resolution_pass_updates_batchnorm_statistics() -> None:
+    """The student is evaluated and served on the high-resolution view: the low-resolution view's
+    statistics must not leak into the running statistics that eval mode normalises with."""
+    from models.versamammo import build_student
+    from training.versamammo.distill.train import DistillModule
+
+    torch.manual_seed(0)
+    student = build_student(config_for("tiny")).train()
+    module = DistillModule(student)
+    high = torch.randn(4, 3, 64, 64)
+    bright_low = 5.0 + 3.0 * torch.randn(4, 3, 32, 32)
+
+    def running(m):
+        return [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+
+    torch.manual_seed(1)
+    module(high, bright_low)
+    with_low = running(student)
+    torch.manual_seed(0)
+    alone = build_student(config_for("tiny")).train()
+    torch.manual_seed(1)
+    alone(high)
+    expected = running(alone)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(with_low, expected))
+    # ... while the low view is still normalised with its own batch statistics (train mode).
+    assert all(b.momentum == config_for("tiny").student_bn_momentum
+               for b in student.modules() if isinstance(b, torch.nn.BatchNorm2d))
+
+
 def test_run_resume_selection_and_eval(tmp_path: Path, teacher_file: Path) -> None:
     cfg = _cfg(tmp_path / "a", teacher_file)
     best = run_distill(cfg)

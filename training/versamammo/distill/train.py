@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -56,15 +56,41 @@ LAST = "student_last.pt"
 FEATURES = "teacher_features.pt"
 
 
+@contextlib.contextmanager
+def bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm normalises with batch statistics but leaves its running statistics alone.
+
+    The low-resolution, jittered, rotated view has other activation statistics than the
+    high-resolution view the student is evaluated and served on. Had it updated the running
+    statistics, evaluation would normalise 256 px inputs with a mix of both (unstable validation
+    and a student that loses what it learnt in eval mode). Momentum 0 keeps the running values.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
 class DistillModule(nn.Module):
-    """Both student passes in one forward, so DDP sees a single graph per step."""
+    """Both student passes in one forward, so DDP sees a single graph per step.
+
+    Only the high-resolution pass updates BatchNorm running statistics (``bn_stats_frozen``).
+    """
 
     def __init__(self, student: VersaMammoStudent) -> None:
         super().__init__()
         self.student = student
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return self.student(high), self.student.features(low)
+        out = self.student(high)
+        with bn_stats_frozen(self.student):
+            low_feature = self.student.features(low)
+        return out, low_feature
 
 
 # ----------------------------------------------------------------------------- model loading
