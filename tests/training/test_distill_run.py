@@ -103,6 +103,13 @@ def test_run_resume_selection_and_eval(tmp_path: Path, teacher_file: Path) -> No
     resumed = load_checkpoint(tmp_path / "b" / "run" / "distill" / LAST, kind="student").state_dict()
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
+    # ... and the same training log: every iteration once, the checkpointed one included.
+    def losses(run: Path) -> dict[int, float]:
+        logged = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+        assert len(logged) == len({r["iteration"] for r in logged})
+        return {r["iteration"]: r["loss"] for r in logged}
+
+    assert losses(tmp_path / "b" / "run" / "distill") == losses(out)
 
     report = run_eval(cfg)
     assert report["split"] == "test" and report["images"] > 0

@@ -279,7 +279,9 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
         best = state["extra"].get("best", best)
         if du.is_main():
             log.info("resumed stage 2 from %s at iteration %d", resume, start_iteration)
-    metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start_iteration)
+    # Records carry the 1-based count of completed iterations, so the checkpointed iteration's own
+    # records (its loss, its validation) belong to the run that is being continued: keep them.
+    metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start_iteration + 1)
     # (image, augmentation seed) batches as a pure function of the iteration: exact resume
     sampler = SeededBatchSampler(len(train_set), dcfg.batch_size_per_rank, total, seed=cfg.run.seed, rank=info.rank,
                               world_size=info.world_size, start_iteration=start_iteration)
