@@ -168,3 +168,62 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, teacher_file: Path) -> None:
     assert (out / LAST).exists() and (out / BEST).exists()
     iterations = [r["iteration"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert iterations == sorted(set(iterations))  # one record per iteration: only rank 0 writes
+
+
+_LATE_RANK_SCRIPT = r"""
+import os, sys, time
+from datetime import timedelta
+from pathlib import Path
+import numpy as np, torch, torch.distributed as dist
+from models.versamammo import config_for
+from training.versamammo.distill.train import offline_teacher_features
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=20))
+rank = dist.get_rank()
+
+class Images:
+    def __len__(self): return 3
+    def prepared(self, i):
+        return type("P", (), {"image": np.full((48, 40), 60 * i, np.uint8)})()
+
+class Backbone(torch.nn.Module):
+    def forward(self, x): return {"cls": x.mean(dim=(2, 3))}
+
+if rank == 1:
+    time.sleep(4)  # a rank that starts late finds the cache rank 0 has just written
+features = offline_teacher_features(Images(), Backbone(), config_for("tiny"), torch.device("cpu"),
+                                    Path(sys.argv[1]), key="k")
+total = features.sum().reshape(1)
+dist.all_reduce(total)
+dist.barrier()
+dist.destroy_process_group()
+print("ok", features.shape[0], flush=True)
+"""
+
+
+def test_a_late_rank_does_not_hang_on_the_teacher_feature_cache(tmp_path: Path) -> None:
+    """Both ranks pass the cache barrier even when rank 1 arrives after rank 0 wrote the cache
+    (a torchrun hang on a loaded CI machine before)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cache = tmp_path / "features.pt"
+    procs = [subprocess.Popen([sys.executable, "-c", _LATE_RANK_SCRIPT, str(cache)],
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=90)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all(out.strip().endswith("ok 3") for out in outputs), outputs

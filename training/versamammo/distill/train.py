@@ -146,12 +146,13 @@ def _features_key(teacher_path: Path, records: list[ImageRecord]) -> str:
 @torch.no_grad()
 def offline_teacher_features(dataset: MammoImageDataset, backbone: nn.Module, model_cfg: VersaMammoConfig,
                              device: torch.device, cache_file: Path, key: str, batch: int = 32) -> torch.Tensor:
-    """Teacher CLS features for every training image, computed once (rank 0) and cached."""
-    if cache_file.exists():
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if cached.get("key") == key:
-            return cached["features"]
-    if du.is_main():
+    """Teacher CLS features for every training image, computed once (rank 0) and cached.
+
+    Every rank passes the barrier whatever it finds on disk: a rank that started late could
+    otherwise see the file rank 0 has just written, skip the barrier, and leave rank 0 waiting
+    in it while its own next collective never finds a partner (a torchrun hang).
+    """
+    if du.is_main() and _cached_features(cache_file, key) is None:
         backbone.to(device)
         chunks = []
         for start in range(0, len(dataset), batch):
@@ -164,7 +165,18 @@ def offline_teacher_features(dataset: MammoImageDataset, backbone: nn.Module, mo
 
         atomic_torch_save({"key": key, "features": features}, cache_file)
     du.barrier()
-    return torch.load(cache_file, map_location="cpu", weights_only=True)["features"]
+    features = _cached_features(cache_file, key)
+    if features is None:
+        raise RuntimeError(f"teacher feature cache {cache_file} is missing or stale after rank 0 wrote it")
+    return features
+
+
+def _cached_features(cache_file: Path, key: str) -> torch.Tensor | None:
+    """The cached teacher features when the file exists and was made for ``key``."""
+    if not cache_file.exists():
+        return None
+    cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+    return cached["features"] if cached.get("key") == key else None
 
 
 # ------------------------------------------------------------------------------- evaluation
