@@ -1,7 +1,7 @@
 """``mammo-export``: turn trained checkpoints into model packages an admin can install.
 
-    mammo-export versamammo CHECKPOINT --out DIR --name NAME --version V [--tar] [--no-fp16]
-    mammo-export mammorg MODEL_DIR --out DIR --name NAME --version V [--tar]
+    mammo-export versamammo CHECKPOINT --out DIR --name NAME --version V [--tar] [--no-fp16] [--metrics FILE]
+    mammo-export mammorg MODEL_DIR --out DIR --name NAME --version V [--tar] [--metrics FILE]
     mammo-export tensorrt PACKAGE [--cache DIR]
 
 Each export checks parity against torch before it writes the manifest (exit 1 with the reason
@@ -32,6 +32,47 @@ def _prepare(out: Path, force: bool) -> None:
         out.with_name(out.name + ".tar").unlink(missing_ok=True)
 
 
+MetricsOption = typer.Option(None, "--metrics", help="JSON of a held-out evaluation to record in the manifest "
+                             "(the output of `mammo-train versamammo-eval --json`, or mammorg-eval's "
+                             "metrics-<split>.json).")
+
+
+def _read_metrics_file(path: Optional[Path]) -> Optional[dict]:
+    """The ``--metrics`` file as a JSON object; a clear exit 2 before any export work if it is not one."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        console.print(f"[red]--metrics {path}: not a readable JSON file ({exc})[/red]")
+        raise typer.Exit(2)
+    if not isinstance(data, dict):
+        console.print(f"[red]--metrics {path}: expected a JSON object, got {type(data).__name__}[/red]")
+        raise typer.Exit(2)
+    return data
+
+
+def package_metrics(extra: dict, evaluation: Optional[dict]) -> dict:
+    """The manifest's ``metrics``: what training measured on held-out data, and an evaluation if given.
+
+    Training records its model-selection scores, not a ``metrics`` key: the VersaMammo student
+    checkpoint has ``val`` (the validation scores it was selected on), a MammoRG model ``best``
+    (its best validation record). They go under ``validation``; the ``--metrics`` file under
+    ``evaluation``. A ``metrics`` mapping already in the checkpoint is kept as it is.
+    """
+    metrics = dict(extra.get("metrics") or {})
+    best = extra.get("best")
+    if isinstance(extra.get("val"), dict):
+        metrics.setdefault("validation", extra["val"])
+    elif isinstance(best, dict) and best.get("score") not in (None, -1.0):
+        metrics.setdefault("validation", best)
+    if "validation" in metrics and extra.get("selected_on"):
+        metrics.setdefault("selected_on", extra["selected_on"])
+    if evaluation is not None:
+        metrics["evaluation"] = evaluation
+    return metrics
+
+
 def _report(path: Path, manifest, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({"ok": True, "package": str(path), "ref": manifest.ref,
@@ -46,7 +87,8 @@ def versamammo(checkpoint: Path = typer.Argument(..., exists=True, help="Student
                name: str = typer.Option("versamammo", "--name"), version: str = typer.Option(..., "--version"),
                fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Also export the fp16 graph."),
                tar: bool = typer.Option(False, "--tar", help="Write DIR.tar instead of a directory."),
-               force: bool = typer.Option(False, "--force"), as_json: bool = typer.Option(False, "--json")) -> None:
+               force: bool = typer.Option(False, "--force"), as_json: bool = typer.Option(False, "--json"),
+               metrics_file: Optional[Path] = MetricsOption) -> None:
     """VersaMammo student -> package (fp32 and fp16 graphs, golden vectors)."""
     from export.golden import phantom_images
     from export.package import finish_package
@@ -54,6 +96,7 @@ def versamammo(checkpoint: Path = typer.Argument(..., exists=True, help="Student
     from models.versamammo import OfficialCheckpointError, load_checkpoint, load_official_student, read_checkpoint
     from models.versamammo_config import student_preprocess_config
 
+    evaluation = _read_metrics_file(metrics_file)
     _prepare(out, force)
     extra = {}
     try:
@@ -73,7 +116,7 @@ def versamammo(checkpoint: Path = typer.Argument(..., exists=True, help="Student
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1)
     path, manifest = finish_package(out, name, version, fields, training={"checkpoint": str(checkpoint), **extra},
-                                    metrics=extra.get("metrics", {}), tar=tar)
+                                    metrics=package_metrics(extra, evaluation), tar=tar)
     _report(path, manifest, as_json)
 
 
@@ -82,7 +125,7 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
             out: Path = typer.Option(..., "--out", help="Package directory to create."),
             name: str = typer.Option("mammorg", "--name"), version: str = typer.Option(..., "--version"),
             tar: bool = typer.Option(False, "--tar"), force: bool = typer.Option(False, "--force"),
-            as_json: bool = typer.Option(False, "--json")) -> None:
+            as_json: bool = typer.Option(False, "--json"), metrics_file: Optional[Path] = MetricsOption) -> None:
     """MammoRG -> package (prefix graph, KV-cache decoder, embeddings, tokenizer, golden vectors)."""
     from export.golden import phantom_views
     from export.mammorg import export_mammorg
@@ -91,6 +134,7 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
     from models.mammorg import load_mammorg, read_meta
     from models.versamammo_config import student_preprocess_config
 
+    evaluation = _read_metrics_file(metrics_file)
     _prepare(out, force)
     model, tokenizer = load_mammorg(model_dir)
     if model.vision is None:
@@ -104,7 +148,7 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
         raise typer.Exit(1)
     extra = read_meta(model_dir).get("extra", {})
     path, manifest = finish_package(out, name, version, fields, training={"model_dir": str(model_dir), **extra},
-                                    metrics=extra.get("metrics", {}), tar=tar)
+                                    metrics=package_metrics(extra, evaluation), tar=tar)
     _report(path, manifest, as_json)
 
 

@@ -3,11 +3,14 @@
 Each command takes ``--config FILE`` (TOML, see training/config.py and training/configs/) and
 ``--set section.key=value`` overrides. Runs are resumable: start the same command again and it
 continues from the latest checkpoint in ``run.out_dir``. Under torchrun every rank runs the
-same command; only rank 0 prints and writes logs.
+same command; only rank 0 prints and writes logs. The evaluation commands run once: under
+torchrun, rank 0 evaluates and the other ranks return at once (they would otherwise repeat the
+whole evaluation and race to write the same prediction and metric files).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -47,6 +50,14 @@ def _config(config: Optional[Path], overrides: list[str]) -> TrainConfig:
         raise typer.Exit(2)
 
 
+def _skip_on_other_ranks(command: str) -> bool:
+    """True on a torchrun rank other than 0, where an evaluation command has nothing to do."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if rank != 0:
+        err.print(f"rank {rank}: {command} runs on rank 0 only")
+    return rank != 0
+
+
 @app.command("versamammo-ssl")
 def versamammo_ssl(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
     """Stage 1: self-supervised (DINOv2-style) pretraining of the ViT teacher."""
@@ -75,6 +86,8 @@ def versamammo_eval(
     """Evaluate a student: accuracy, macro-F1, macro AUC with bootstrap 95% intervals."""
     from training.versamammo.evaluate import print_report, run_eval
 
+    if _skip_on_other_ranks("versamammo-eval"):
+        return
     report = run_eval(_config(config, overrides), checkpoint)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -117,6 +130,8 @@ def mammorg_eval(
     from training.eval.cli import _json_safe, _print_metrics
     from training.mammorg.evaluate import run_mammorg_eval
 
+    if _skip_on_other_ranks("mammorg-eval"):
+        return
     report = run_mammorg_eval(_config(config, overrides), model)
     if as_json:
         sys.stdout.write(json.dumps(_json_safe(report), indent=2) + "\n")

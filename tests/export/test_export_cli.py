@@ -15,8 +15,13 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_versamammo_checkpoint_to_installed_package(tmp_path):
     ckpt = tmp_path / "student.pt"
-    save_checkpoint(tiny_student(3), ckpt, extra={"epoch": 7, "metrics": {"density_accuracy": 0.5}})
-    out = _run("versamammo", str(ckpt), "--out", str(tmp_path / "pkg"), "--version", "0.3.0", "--tar", "--json")
+    # what stage 2 writes into student_best.pt: the validation scores it was selected on
+    val = {"score": 0.61, "density_accuracy": 0.8, "birads_macro_f1": 0.42}
+    save_checkpoint(tiny_student(3), ckpt, extra={"stage": "distill", "selected_on": "val", "val": val, "epoch": 7})
+    evaluation = tmp_path / "eval.json"  # `mammo-train versamammo-eval --json > eval.json`
+    evaluation.write_text(json.dumps({"split": "test", "density": {"accuracy": {"value": 0.79}}}))
+    out = _run("versamammo", str(ckpt), "--out", str(tmp_path / "pkg"), "--version", "0.3.0", "--tar", "--json",
+               "--metrics", str(evaluation))
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["ref"] == "versamammo@0.3.0" and info["package"].endswith("pkg.tar")
@@ -28,7 +33,9 @@ def test_versamammo_checkpoint_to_installed_package(tmp_path):
                                 "--config", str(config)], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     manifest = json.loads((tmp_path / "data" / "models" / "packages" / "versamammo@0.3.0" / "manifest.json").read_text())
-    assert manifest["training"]["epoch"] == 7 and manifest["metrics"] == {"density_accuracy": 0.5}
+    assert manifest["training"]["epoch"] == 7
+    assert manifest["metrics"] == {"validation": val, "selected_on": "val",
+                                   "evaluation": {"split": "test", "density": {"accuracy": {"value": 0.79}}}}
     assert manifest["demonstration"] is False and "radiologist" in manifest["intended_use"]
 
 
@@ -47,9 +54,31 @@ def test_mammorg_model_dir_to_package(tmp_path):
     from tests.packages import tiny_mammorg
 
     model, tokenizer = tiny_mammorg(2)
-    save_mammorg(model, tmp_path / "model", tokenizer, extra={"metrics": {"birads_f1": 0.4}})
+    best = {"score": -0.27, "val_loss": 0.27, "epoch": 3, "iteration": 36}  # what the SFT stage records
+    save_mammorg(model, tmp_path / "model", tokenizer, extra={"stage": "sft", "best": best, "selected_on": "val loss"})
+    bad = tmp_path / "metrics.json"
+    bad.write_text("[1, 2]")
+    refused = _run("mammorg", str(tmp_path / "model"), "--out", str(tmp_path / "pkg"), "--version", "1.1.0",
+                   "--metrics", str(bad))
+    assert refused.returncode == 2 and "expected a JSON object" in refused.stderr
+    assert not (tmp_path / "pkg").exists()
     out = _run("mammorg", str(tmp_path / "model"), "--out", str(tmp_path / "pkg"), "--version", "1.1.0", "--tar",
                "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["ref"] == "mammorg@1.1.0" and info["package"].endswith("pkg.tar")
+    import tarfile
+
+    with tarfile.open(info["package"]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("manifest.json"))
+        manifest = json.loads(tar.extractfile(member).read())
+    assert manifest["metrics"] == {"validation": best, "selected_on": "val loss"}
+
+
+def test_package_metrics_keep_what_training_measured():
+    from export.cli import package_metrics
+
+    assert package_metrics({}, None) == {}
+    assert package_metrics({"best": {"score": -1.0}}, None) == {}  # never validated: nothing to claim
+    assert package_metrics({"metrics": {"density_accuracy": 0.5}}, None) == {"density_accuracy": 0.5}
+    assert package_metrics({"val": {"score": 0.7}}, {"n": 1}) == {"validation": {"score": 0.7}, "evaluation": {"n": 1}}

@@ -168,6 +168,18 @@ def test_torchrun_two_cpu_processes(tmp_path: Path, teacher_file: Path) -> None:
     assert (out / LAST).exists() and (out / BEST).exists()
     iterations = [r["iteration"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert iterations == sorted(set(iterations))  # one record per iteration: only rank 0 writes
+    # The evaluation command under the same launcher evaluates once (rank 0) and prints one report.
+    evaluate = cmd[:cmd.index("versamammo-distill")] + ["versamammo-eval", "--json"] + \
+        cmd[cmd.index("versamammo-distill") + 1:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        evaluate[evaluate.index(f"--master_port={port}")] = f"--master_port={sock.getsockname()[1]}"
+    proc = subprocess.run(evaluate, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)  # one JSON document: a second rank's report would break this
+    assert report["split"] == "test" and report["images"] > 0
+    assert "rank 1: versamammo-eval runs on rank 0 only" in proc.stderr
 
 
 _LATE_RANK_SCRIPT = r"""
