@@ -2,7 +2,7 @@
 
     mammo-export versamammo CHECKPOINT --out DIR --name NAME --version V [--tar] [--no-fp16] [--metrics FILE]
     mammo-export mammorg MODEL_DIR --out DIR --name NAME --version V [--tar] [--metrics FILE]
-    mammo-export tensorrt PACKAGE [--cache DIR]
+    mammo-export tensorrt PACKAGE [--cache DIR | --config NODE_TOML]
 
 Each export checks parity against torch before it writes the manifest (exit 1 with the reason
 when a graph does not reproduce the model). Golden vectors are made from phantom studies.
@@ -71,6 +71,23 @@ def package_metrics(extra: dict, evaluation: Optional[dict]) -> dict:
     if evaluation is not None:
         metrics["evaluation"] = evaluation
     return metrics
+
+
+def engine_cache_dir(cache: Optional[Path], config: Optional[Path]) -> Path:
+    """Where TensorRT engines go: ``--cache``, else the directory the node itself reads them from.
+
+    Engines built anywhere else (the old default was ``var/trt-cache`` under the current
+    directory) would be rebuilt by the node at its first start, which takes minutes per graph.
+    """
+    if cache is not None:
+        return cache
+    from node.config import ConfigError, load_settings
+
+    try:
+        return load_settings(config).trt_cache_dir
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
 
 
 def _report(path: Path, manifest, as_json: bool) -> None:
@@ -154,8 +171,9 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
 
 @app.command()
 def tensorrt(package: Path = typer.Argument(..., exists=True, help="An exported package directory."),
-             cache: Optional[Path] = typer.Option(None, "--cache", help="Engine cache directory (the node's "
-                                                  "DATA_DIR/trt-cache by default)."),
+             cache: Optional[Path] = typer.Option(None, "--cache", help="Engine cache directory (default: the "
+                                                  "node's DATA_DIR/trt-cache, from --config and the environment)."),
+             config: Optional[Path] = typer.Option(None, "--config", "-c", help="The node's TOML configuration."),
              fp16: bool = typer.Option(True, "--fp16/--no-fp16")) -> None:
     """Build TensorRT engines for a package's graphs through ONNX Runtime's TensorRT provider."""
     from node.inference.session import SessionSettings, available_providers, gpu_driver_present, open_session
@@ -172,7 +190,7 @@ def tensorrt(package: Path = typer.Argument(..., exists=True, help="An exported 
                       "'TensorRT'); the package itself runs unchanged on CUDA or CPU.[/red]")
         raise typer.Exit(1)
     manifest = read_manifest(package)
-    cache = cache or Path("var") / "trt-cache"
+    cache = engine_cache_dir(cache, config)
     settings = SessionSettings(providers=("tensorrt", "cuda", "cpu"), trt_fp16=fp16, trt_cache=cache)
     for role, graph in manifest.graphs.items():
         session = open_session(package / graph["file"], settings)

@@ -82,3 +82,20 @@ def test_package_metrics_keep_what_training_measured():
     assert package_metrics({"best": {"score": -1.0}}, None) == {}  # never validated: nothing to claim
     assert package_metrics({"metrics": {"density_accuracy": 0.5}}, None) == {"density_accuracy": 0.5}
     assert package_metrics({"val": {"score": 0.7}}, {"n": 1}) == {"validation": {"score": 0.7}, "evaluation": {"n": 1}}
+
+
+def test_tensorrt_engines_go_where_the_node_reads_them(tmp_path):
+    """Default engine cache = the node's DATA_DIR/trt-cache (was a cwd-relative var/trt-cache)."""
+    import pytest
+    import typer
+
+    from export.cli import engine_cache_dir
+
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert engine_cache_dir(None, config) == tmp_path / "data" / "trt-cache"
+    assert engine_cache_dir(tmp_path / "elsewhere", config) == tmp_path / "elsewhere"
+    config.write_text("[node]\ndata_dir = 3\n")
+    with pytest.raises(typer.Exit) as exc:
+        engine_cache_dir(None, config)
+    assert exc.value.exit_code == 2
