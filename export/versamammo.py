@@ -20,11 +20,15 @@ from models.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
 from models.versamammo import VersaMammoStudent
 from models.versamammo_config import student_preprocess_config
 from node.inference.versamammo import OUTPUTS
+from node.packages.golden import tolerance_violation
 
 # Parity tolerances (ONNX Runtime vs torch fp32), recorded in the manifest and used by `models verify`.
 FP32_TOLERANCE = {"rtol": 1e-3, "atol": 1e-3}
-# Half precision: about 3 significant digits per operation, compounded over ~100 layers.
-FP16_TOLERANCE = {"rtol": 5e-2, "atol": 5e-2}
+# Half precision: about 3 significant digits per operation, compounded over ~100 layers, so the
+# absolute term scales with each output's largest magnitude (the 8x8x1280 feature grid of a
+# trained tiny student reaches 9 and is off by up to 0.13 in ONNX Runtime 1.31's CPU fp16 kernels,
+# 0.085 in torch fp16).
+FP16_TOLERANCE = {"rtol": 5e-2, "atol": 3e-2, "atol_scale": "absmax"}
 
 
 class ParityError(Exception):
@@ -56,19 +60,16 @@ def reference_outputs(student: VersaMammoStudent, images: np.ndarray) -> dict[st
     return {name: t.numpy() for name, t in zip(OUTPUTS, out)}
 
 
-def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float
-            ) -> list[str]:
-    """Names and worst errors of the outputs that differ beyond ``atol + rtol * |expected|``."""
+def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float,
+            atol_scale: str | None = None) -> list[str]:
+    """Names and worst errors of the outputs beyond the tolerance: the rule `models verify` applies
+    (``node.packages.golden.tolerance_violation``), so export and the node never disagree."""
+    tolerance = {"rtol": rtol, "atol": atol, **({"atol_scale": atol_scale} if atol_scale else {})}
     problems = []
     for name, ref in expected.items():
-        got = np.asarray(actual[name])
-        if got.shape != ref.shape:
-            problems.append(f"{name}: shape {got.shape} != {ref.shape}")
-            continue
-        excess = np.abs(got - ref) - (atol + rtol * np.abs(ref))
-        if (excess > 0).any():
-            problems.append(f"{name}: max abs error {float(np.abs(got - ref).max()):.3g} beyond "
-                            f"rtol {rtol} / atol {atol}")
+        issue = tolerance_violation(name, np.asarray(ref), np.asarray(actual[name]), tolerance)
+        if issue:
+            problems.append(issue)
     return problems
 
 

@@ -147,6 +147,29 @@ class InferenceSection(_Section):
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
 
 
+class DestinationTLS(_Section):
+    """TLS for the associations we open to one destination (results carry patient data).
+
+    The server is verified by default: against ``ca`` when given, else the system trust store,
+    and its certificate must name ``host`` (DNS name or IP address in subjectAltName) unless
+    ``check_hostname`` is off (it is moot with ``verify_server`` off). ``cert``/``key`` present our client certificate to PACS that
+    require one.
+    """
+
+    enabled: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    verify_server: bool = True
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> "DestinationTLS":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("outputs.dicom.tls: cert and key go together (both or neither)")
+        return self
+
+
 class DicomDestination(_Section):
     """One PACS (or workstation) that receives our SRs by C-STORE."""
 
@@ -157,6 +180,7 @@ class DicomDestination(_Section):
     reports: list[Literal["tid1500", "tid4000"]] = Field(default_factory=lambda: ["tid1500"], min_length=1)
     calling_ae_title: str | None = None  # None: the node's own dicom.ae_title
     timeout: float = Field(default=30.0, gt=0)  # association, DIMSE and network timeout
+    tls: DestinationTLS = Field(default_factory=DestinationTLS)
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod

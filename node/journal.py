@@ -316,8 +316,10 @@ class Journal:
         """PROCESSING -> DONE, the study's result and its queued outputs (``outbox`` rows: destination,
         kind, identity, payload), in one transaction: all or nothing survives a crash.
 
-        A study processed again (after a crash mid-way) replaces its earlier result; an output
-        already queued with the same identity (an identical result) is not queued twice.
+        A study processed again (after a crash mid-way, or on request) replaces its earlier result; an
+        output already queued with the same identity (an identical result) is not queued twice, and
+        an earlier result's output still PENDING for the same destination and kind is dead-lettered
+        as superseded (one being sent at that moment finishes, and the new output replaces it).
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
@@ -328,6 +330,17 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO results(study_uid, created_at, models, result) VALUES (?, ?, ?, ?)",
                        (study_uid, now, json.dumps(result.get("models", {}), sort_keys=True),
                         json.dumps(result, sort_keys=True)))
+            # An older result's output still waiting for a destination would reach it after the new
+            # one: it is dead-lettered instead (the new output names what it replaces).
+            current: dict[tuple[str, str], list[str]] = {}
+            for out in outputs:
+                current.setdefault((out["destination"], out["kind"]), []).append(out["identity"])
+            for (destination, kind), identities in current.items():
+                marks = ", ".join("?" * len(identities))
+                db.execute(f"UPDATE outbox SET state = 'DEAD', updated_at = ?, last_error = ? WHERE study_uid = ? "
+                           f"AND destination = ? AND kind = ? AND state = 'PENDING' AND identity NOT IN ({marks})",
+                           (now, "superseded: the study was processed again with a different result", study_uid,
+                            destination, kind, *identities))
             for out in outputs:
                 db.execute("INSERT OR IGNORE INTO outbox(study_uid, destination, kind, identity, payload, state, "
                            "created_at, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?)",

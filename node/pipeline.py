@@ -42,6 +42,7 @@ from node.inference.engine import InferenceEngine
 from node.journal import Journal
 from node.logref import study_ref
 from node.results import breast_probabilities, build_result
+from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.prepare import OutputPreparer, selected_sources
 from node.views import POSITIONS
 
@@ -171,9 +172,14 @@ class Pipeline:
         return DONE
 
     def _plan_outputs(self, study_uid: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-        """The outbox rows of this result (rendered later, on the delivery threads)."""
+        """The outbox rows of this result (rendered later, on the delivery threads). A result that
+        changes an earlier, delivered one records what it replaces (node.outputs.amend)."""
         if self.outputs is None or not self.outputs.enabled:
             return []
+        replaces = replaced_outputs(self.journal.get_result(study_uid), result, study_uid,
+                                    delivered_identities(self.journal, study_uid))
+        if replaces:
+            result["replaces"] = replaces
         source = selected_sources(self.journal, self.data_dir, study_uid)
         if source is None:
             log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))

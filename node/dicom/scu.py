@@ -30,23 +30,35 @@ class SendResult:
         return self.status is not None and (self.status == 0 or (self.status & 0xF000) == 0xB000)
 
 
+def client_tls_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None, *,
+                       verify: bool = True, check_hostname: bool = False) -> ssl.SSLContext:
+    """TLS 1.2+ client context: the server verified against ``ca`` (None: the system trust store)
+    unless ``verify`` is off; our certificate from ``cert``/``key`` when given.
+
+    Raises ``OSError``/``ssl.SSLError`` for unreadable or invalid files.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = bool(verify and check_hostname)
+    if not verify:
+        context.verify_mode = ssl.CERT_NONE
+    if cert and key:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
 @dataclass(frozen=True)
 class TLSClientOptions:
-    """Certificates for a TLS association (all paths optional except ``ca`` to verify the server)."""
+    """Certificates for a TLS association from the CLI (all paths optional; without ``ca`` the
+    server is not verified, as `echoscu +tls` without ``+cf`` does)."""
 
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
 
     def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca) if self.ca else None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = False  # DICOM peers are addressed by IP; the CA check still applies
-        if self.ca is None:
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert and self.key:
-            context.load_cert_chain(str(self.cert), str(self.key))
-        return context
+        # DICOM peers are addressed by IP; the CA check still applies
+        return client_tls_context(self.ca, self.cert, self.key, verify=self.ca is not None)
 
 
 def _tls_args(tls: TLSClientOptions | None) -> tuple[ssl.SSLContext, None] | None:

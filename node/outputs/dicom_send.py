@@ -6,6 +6,7 @@ with an error status that a resend of the same object cannot change: it is dead-
 """
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, MammographyCADSRStorage
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.config import DicomDestination
+from node.dicom.scu import client_tls_context
 
 SR_CLASSES = (ComprehensiveSRStorage, MammographyCADSRStorage)
 
@@ -36,19 +38,43 @@ def _classify(status: int) -> str:
     return "reject"  # 0xA9xx, 0xCxxx, 0x0122 ...: the same object would be refused again
 
 
+def _tls_args(destination: DicomDestination) -> tuple[ssl.SSLContext, str | None] | None:
+    """pynetdicom's ``tls_args`` for the destination, None for plain TCP."""
+    tls = destination.tls
+    if not tls.enabled:
+        return None
+    context = client_tls_context(tls.ca, tls.cert, tls.key, verify=tls.verify_server,
+                                 check_hostname=tls.check_hostname)
+    return context, destination.host if context.check_hostname else None
+
+
 def send_files(destination: DicomDestination, calling_aet: str, files: list[Path]) -> list[Delivery]:
-    """C-STORE ``files`` (our SRs) to ``destination`` over one association, in order."""
+    """C-STORE ``files`` (our SRs) to ``destination`` over one association, in order.
+
+    With ``destination.tls.enabled`` the association runs over TLS; a failed handshake (an
+    untrusted or misnamed server certificate, a PACS that does not speak TLS) sends nothing and
+    is retried, so fixing the certificates lets the outbox deliver.
+    """
     ae = AE(ae_title=destination.calling_ae_title or calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout
     ae.connection_timeout = destination.timeout
     ae.requested_contexts = [build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
                              for sop in SR_CLASSES]
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    except OSError as exc:
+        tls_args = _tls_args(destination)
+    except (OSError, ssl.SSLError) as exc:
+        return [Delivery("retry", f"TLS configuration: {exc}")] * len(files)
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+    except (OSError, ssl.SSLError) as exc:
         return [Delivery("retry", f"cannot connect: {exc}")] * len(files)
     if not assoc.is_established:
-        reason = "rejected the association" if assoc.is_rejected else "no association (peer down or unreachable)"
+        if assoc.is_rejected:
+            reason = "rejected the association"
+        elif tls_args is not None:
+            reason = "no association over TLS (peer down, or the TLS handshake failed: check the certificates)"
+        else:
+            reason = "no association (peer down or unreachable)"
         return [Delivery("retry", reason)] * len(files)
     out: list[Delivery] = []
     try:

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from models import lexicon
 from node.config import HL7Output
+from node.outputs.amend import replaced_control_id
 from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label, utc
 from node.outputs.source import SourceStudy, output_identity
 
@@ -122,15 +123,16 @@ def _local(code: str, text: str) -> Coded:
 class _Observations:
     """Collects OBX segments, numbering OBX-1 in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: str = "P") -> None:
         self.segments: list[str] = []
         self._count = 0
+        self.status = status  # OBX-11: P preliminary, C correction of an earlier result
 
     def add(self, value_type: str, ident: Coded, sub_id: str, value: str,
             method: Coded | None = None) -> None:
         self._count += 1
         fields = [str(self._count), value_type, ident.er7(), sub_id, value,
-                  "", "", "", "", "", "P", "", "", "", "", "", method.er7() if method else ""]
+                  "", "", "", "", "", self.status, "", "", "", "", "", method.er7() if method else ""]
         self.segments.append(_segment("OBX", *fields))
 
 
@@ -156,14 +158,16 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
         raise NotApplicable("the source study has no PatientID; an ORU^R01 needs PID-3")
     now = _ts(created_at)
     accession = escape(str(source.get("AccessionNumber", "")).strip())
+    # A changed result of a study whose ORU the RIS already has is sent as a correction of it.
+    status = "C" if replaced_control_id(result) else "P"
     body = [
         _segment("SFT", escape(MANUFACTURER), escape(SOFTWARE_VERSION), escape(MANUFACTURER),
                  escape(SOFTWARE_VERSION)),
         _pid(source, patient_id),
         _segment("ORC", "RE", accession, accession, "", "", "", "", "", now),
-        _obr(source, accession, now),
+        _obr(source, accession, now, status),
         *_notes(result),
-        *_observations(source, result),
+        *_observations(source, result, status),
     ]
     text = "\r".join(body)
     charset = "" if text.isascii() else UTF8
@@ -204,7 +208,7 @@ def _procedure(source: SourceStudy) -> Coded:
     return _local("MGSCREEN", description or "Screening mammography, bilateral")
 
 
-def _obr(source: SourceStudy, accession: str, now: str) -> str:
+def _obr(source: SourceStudy, accession: str, now: str, status: str = "P") -> str:
     fields = [""] * 25
     fields[0] = "1"
     fields[1] = accession  # OBR-2 placer order number
@@ -212,7 +216,7 @@ def _obr(source: SourceStudy, accession: str, now: str) -> str:
     fields[3] = _procedure(source).er7()  # OBR-4
     fields[6] = _study_ts(source)  # OBR-7 observation date/time
     fields[21] = now  # OBR-22 results report/status change
-    fields[24] = "P"  # OBR-25 result status: preliminary
+    fields[24] = status  # OBR-25 result status: P preliminary, C correction (node.outputs.amend)
     return _segment("OBR", *fields)
 
 
@@ -224,11 +228,13 @@ def _notes(result: dict[str, Any]) -> list[str]:
         notes.append(f"No AI result: the study is missing the views {missing or '(unknown)'}.")
     elif status == "partial":
         notes.append(f"Partial AI result: processed without the views {missing}.")
+    if replaced := replaced_control_id(result):
+        notes.append(f"This AI result replaces the one sent in message {replaced}; it is preliminary too.")
     return [_segment("NTE", str(i), "L", escape(text)) for i, text in enumerate(notes, 1)]
 
 
-def _observations(source: SourceStudy, result: dict[str, Any]) -> list[str]:
-    obs = _Observations()
+def _observations(source: SourceStudy, result: dict[str, Any], status: str = "P") -> list[str]:
+    obs = _Observations(status)
     status = str(result.get("status") or "complete")
     obs.add("CWE", _local("AI-STATUS", "AI result status"), "",
             _local(status, _STATUS_TEXT.get(status, status)).er7())
@@ -324,9 +330,9 @@ def _local_term(field: str) -> str:
 
 def parse_oru(message: str) -> dict[str, Any]:
     """Read one of our ORUs back: control ID, patient ID, accession, per-breast BI-RADS, density and
-    finding kinds, status, models and the report text (lines joined by "\\n")."""
+    finding kinds, status, OBR-25 result status, models and the report text (lines joined by "\\n")."""
     out: dict[str, Any] = {"control_id": "", "patient_id": "", "accession": "", "breasts": {},
-                           "status": "", "models": {}, "report_text": ""}
+                           "status": "", "result_status": "", "models": {}, "report_text": ""}
     lines: list[str] = []
     for segment in re.split(r"[\r\n]+", message.strip()):
         f = _fields(segment)
@@ -336,6 +342,7 @@ def parse_oru(message: str) -> dict[str, Any]:
             out["patient_id"] = _components(_field(f, 3))[0]
         elif f[0] == "OBR":
             out["accession"] = unescape(_field(f, 3))
+            out["result_status"] = _field(f, 25)  # P, or C for a correction
         elif f[0] == "OBX":
             _read_obx(f, out, lines)
     out["report_text"] = "\n".join(lines)

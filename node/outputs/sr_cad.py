@@ -29,6 +29,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from models import lexicon
 from node.outputs import codes as C
+from node.outputs.amend import predecessor_documents
 from node.outputs.common import (DEVICE_NAME, DISCLAIMER, INSTANCE_NUMBER, MANUFACTURER, SERIES_DESCRIPTION,
                                  SERIES_NUMBER, SOFTWARE_VERSION, model_label, utc)
 from node.outputs.source import SourceImage, SourceStudy, derived_uid, output_identity
@@ -425,6 +426,8 @@ def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, cre
     ds.AuthorObserverSequence = [_author(source, result)]
     ds.PerformedProcedureCodeSequence = _procedure_codes(source)
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(source)
+    if predecessors := predecessor_documents(result, KIND):  # this result replaces a delivered one
+        ds.PredecessorDocumentsSequence = predecessors
     # SR Document Content: the TID 4000 tree.
     root = _plain(_content_root(source, result))
     for elem in root:

@@ -30,6 +30,7 @@ from pydicom.sr.codedict import codes
 
 from models import lexicon
 from node.outputs import codes as C
+from node.outputs.amend import predecessor_documents
 from node.outputs.common import (DEVICE_NAME, DISCLAIMER, INSTANCE_NUMBER, MANUFACTURER, SERIES_DESCRIPTION,
                                  SERIES_NUMBER, SOFTWARE_VERSION, NotApplicable, model_label, utc)
 from node.outputs.source import SourceStudy, derived_uid, output_identity
@@ -186,6 +187,8 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
         setattr(sr, f"{prefix}Time", when.strftime("%H%M%S"))
     sr.TimezoneOffsetFromUTC = "+0000"
     sr.CurrentRequestedProcedureEvidenceSequence = source.evidence()
+    if predecessors := predecessor_documents(result, KIND):  # this result replaces a delivered one
+        sr.PredecessorDocumentsSequence = predecessors
     if any(breast.get("birads") == "6" for breast in result.get("breasts", {}).values()):
         sr.CodingSchemeIdentificationSequence = [_local_scheme()]
     if not _fits(sr.get("SpecificCharacterSet"), result):

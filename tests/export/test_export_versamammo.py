@@ -64,3 +64,19 @@ def test_graph_opset_is_at_least_18(package):
 
     model = onnx.load(str(package / "versamammo.onnx"), load_external_data=False)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+
+
+def test_fp16_tolerance_scales_with_the_size_of_the_activations() -> None:
+    """Half precision keeps ~3 significant digits: an error of 0.13 on a feature map that reaches 9
+    is within it, the same error on outputs bounded by 1 (probabilities) is not."""
+    from node.packages.golden import tolerance_violation
+
+    grid = np.zeros((1, 4, 2, 2), np.float32)
+    grid[0, 0, 0, 0] = 9.0
+    off = grid.copy()
+    off[0, 1, 0, 0] = 0.13  # an element near zero, 0.13 away
+    assert compare({"feature_grid": grid}, {"feature_grid": off}, **FP16_TOLERANCE) == []
+    assert compare({"feature_grid": grid}, {"feature_grid": off}, rtol=5e-2, atol=5e-2)  # absolute rule: fails
+    probs = np.array([[0.5, 0.5]], np.float32)
+    assert compare({"birads": probs}, {"birads": probs + [[0.13, -0.13]]}, **FP16_TOLERANCE)
+    assert "unknown atol_scale" in tolerance_violation("x", probs, probs, {"rtol": 0, "atol": 0, "atol_scale": "?"})

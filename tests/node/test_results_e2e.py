@@ -223,3 +223,35 @@ def test_node_killed_while_sending_then_restarted_delivers_each_result_once(tmp_
         proc.wait(timeout=30)
         ris.stop()
         pacs.stop()
+
+
+def test_a_study_processed_again_with_new_models_replaces_its_delivered_results(lab, phantom_dir: Path,
+                                                                                 model_packages) -> None:
+    """`studies retry` after a model upgrade: the new SRs name the delivered ones as predecessors
+    (PACS viewers show the newer as replacing the older), the new ORU is a correction of the first."""
+    lab.start()
+    uid = lab.send_study(_studies(phantom_dir)[0])
+    first = {r.kind: r.identity for r in lab.delivered(uid)}
+    ModelRegistry(lab.node.settings.data_dir / "models").install(model_packages["vm2"], activate=True)
+    retried = subprocess.run([sys.executable, "-m", "node.cli", "studies", "retry", uid, "--json"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"MAMMO_NODE_NODE__DATA_DIR": str(lab.node.settings.data_dir), "PATH": "/usr/bin:/bin"})
+    assert json.loads(retried.stdout)["ok"] is True, retried.stdout + retried.stderr
+    rows = wait_for(lambda: (r := [x for x in lab.rows(uid) if x.identity not in first.values()])
+                    and len(r) == 3 and all(x.state == "DELIVERED" for x in r) and r, timeout=120)
+    second = {r.kind: r.identity for r in rows}
+    srs = {s["tags"]["SOPInstanceUID"]: s for s in lab.pacs.instances_of_modality("SR")}
+    assert set(srs) == {first["tid1500"], first["tid4000"], second["tid1500"], second["tid4000"]}
+    for kind in ("tid1500", "tid4000"):
+        new = pydicom.dcmread(__import__("io").BytesIO(lab.pacs.file(srs[second[kind]]["id"])))
+        old = pydicom.dcmread(__import__("io").BytesIO(lab.pacs.file(srs[first[kind]]["id"])))
+        [study] = new.PredecessorDocumentsSequence
+        [series] = study.ReferencedSeriesSequence
+        [sop] = series.ReferencedSOPSequence
+        assert (study.StudyInstanceUID, series.SeriesInstanceUID, sop.ReferencedSOPInstanceUID,
+                sop.ReferencedSOPClassUID) == (uid, old.SeriesInstanceUID, old.SOPInstanceUID, old.SOPClassUID)
+        assert "PredecessorDocumentsSequence" not in old
+    assert lab.ris.control_ids() == [first["oru"], second["oru"]]
+    before, after = (parse_oru(m) for m in lab.ris.received)
+    assert before["result_status"] == "P" and after["result_status"] == "C"
+    assert first["oru"] in lab.ris.received[1] and after["accession"] == before["accession"]

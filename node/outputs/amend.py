@@ -1,0 +1,107 @@
+"""Which earlier outputs a new result of the same study replaces.
+
+A study processed again (``mammo-node studies retry`` after a model upgrade, a fixed package)
+gets a new result, and its SRs and ORU get new identities. Without a link, the PACS shows two
+unrelated AI reports and the RIS two preliminary results. So a changed result names what the
+receivers already hold:
+
+- each SR carries a Predecessor Documents Sequence (PS3.3 C.17.2) with the earlier SR of its kind;
+- the ORU^R01 is sent as a correction (OBR-25 and OBX-11 "C") and names the replaced message.
+
+The link goes to the newest output of each kind that was *delivered* (to any destination): a
+receiver never heard of an output that was not. When the previous result's output of a kind was
+not delivered, its own link is inherited, so a chain of undelivered results still points at what
+the receivers have. An identical result (same identity) keeps the previous result's link, so a
+rebuilt payload stays byte-identical.
+
+The links are stored in the result (``result["replaces"]``); encoders read them from there, so
+payloads rebuilt from the journal are the ones first sent.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import ComprehensiveSRStorage, MammographyCADSRStorage
+
+from node.outputs.common import NotApplicable
+from node.outputs.source import output_identity
+
+if TYPE_CHECKING:
+    from node.journal import Journal
+
+SR_SOP_CLASSES = {"tid1500": str(ComprehensiveSRStorage), "tid4000": str(MammographyCADSRStorage)}
+KINDS = ("tid1500", "tid4000", "oru")
+
+
+def _identity(kind: str, study_uid: str, result: dict[str, Any]) -> dict[str, str] | None:
+    """What a receiver knows an output of ``kind`` by: the SR's UIDs, or the ORU's control ID."""
+    if kind == "oru":
+        from node.outputs.hl7 import control_id
+
+        return {"control_id": control_id(study_uid, result)}
+    if kind == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
+        return None  # no TID 1500 SR is made for such a result
+    ident = output_identity(study_uid, result, kind)
+    return {"study_uid": study_uid, "series_uid": ident.series_instance_uid,
+            "sop_instance_uid": ident.sop_instance_uid, "sop_class_uid": SR_SOP_CLASSES[kind]}
+
+
+def _key(kind: str, ident: dict[str, str]) -> str:
+    """The outbox identity of an output."""
+    return ident["control_id"] if kind == "oru" else ident["sop_instance_uid"]
+
+
+def delivered_identities(journal: "Journal", study_uid: str) -> set[tuple[str, str]]:
+    """(kind, identity) of every output of the study that reached at least one destination."""
+    rows = journal.query("SELECT kind, identity FROM outbox WHERE study_uid = ? AND state = 'DELIVERED'",
+                         (study_uid,))
+    return {(str(kind), str(identity)) for kind, identity in rows}
+
+
+def replaced_outputs(previous: dict[str, Any] | None, result: dict[str, Any], study_uid: str,
+                     delivered: set[tuple[str, str]]) -> dict[str, dict[str, str]]:
+    """``result["replaces"]`` for a new result of a study whose last result was ``previous``."""
+    if previous is None:
+        return {}
+    inherited = previous.get("replaces") or {}
+    out: dict[str, dict[str, str]] = {}
+    for kind in KINDS:
+        try:
+            before = _identity(kind, study_uid, previous)
+            now = _identity(kind, study_uid, result)
+        except NotApplicable:
+            before = now = None
+        link = inherited.get(kind)
+        if before is not None and before != now and (kind, _key(kind, before)) in delivered:
+            link = before
+        if link is not None and (now is None or _key(kind, link) != _key(kind, now)):
+            out[kind] = dict(link)
+    return out
+
+
+def predecessor_documents(result: dict[str, Any], kind: str) -> list[Dataset]:
+    """Items of the SR's Predecessor Documents Sequence (Hierarchical SOP Instance Reference
+    Macro): the earlier SR of ``kind`` this result replaces, or none."""
+    link = (result.get("replaces") or {}).get(kind)
+    if not link:
+        return []
+    sop = Dataset()
+    sop.ReferencedSOPClassUID = link["sop_class_uid"]
+    sop.ReferencedSOPInstanceUID = link["sop_instance_uid"]
+    series = Dataset()
+    series.SeriesInstanceUID = link["series_uid"]
+    series.ReferencedSOPSequence = [sop]
+    study = Dataset()
+    study.StudyInstanceUID = link["study_uid"]
+    study.ReferencedSeriesSequence = [series]
+    return [study]
+
+
+def replaced_control_id(result: dict[str, Any]) -> str | None:
+    """MSH-10 of the ORU^R01 this result's ORU corrects, or None."""
+    link = (result.get("replaces") or {}).get("oru")
+    return link["control_id"] if link else None
+
+
+__all__ = ["delivered_identities", "predecessor_documents", "replaced_control_id", "replaced_outputs"]

@@ -1,0 +1,131 @@
+"""A changed result of a study names the outputs its receivers already hold (node.outputs.amend):
+SR predecessors, ORU corrections, and no stale output sent after a newer one."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from node.config import HL7Output
+from node.journal import Journal
+from node.outputs.amend import delivered_identities, replaced_outputs
+from node.outputs.hl7 import build_oru, control_id, parse_oru, validate_oru
+from node.outputs.source import output_identity
+from node.outputs.sr_cad import build_mammography_cad_sr
+from node.outputs.sr_tid1500 import build_tid1500_sr
+from tests.node.outputs_helpers import phantom_case
+from tests.tools import require_tool
+
+CREATED = 1_764_000_000.0
+UID = "1.2.3.4"
+
+
+def _result(version: str, status: str = "complete") -> dict:
+    return {"status": status, "models": {"versamammo": f"vm@{version}", "mammorg": "rg@1"},
+            "breasts": {"R": {"birads": "1"}, "L": {"birads": "2"}}, "report": {"text": version}}
+
+
+def _delivered(*results: dict, kinds=("tid1500", "tid4000", "oru")) -> set[tuple[str, str]]:
+    out = set()
+    for r in results:
+        for kind in kinds:
+            out.add((kind, control_id(UID, r) if kind == "oru" else output_identity(UID, r, kind).sop_instance_uid))
+    return out
+
+
+def test_first_result_replaces_nothing() -> None:
+    assert replaced_outputs(None, _result("1"), UID, set()) == {}
+
+
+def test_a_changed_result_names_each_delivered_output_it_replaces() -> None:
+    v1, v2 = _result("1"), _result("2")
+    links = replaced_outputs(v1, v2, UID, _delivered(v1, kinds=("tid1500", "oru")))
+    assert set(links) == {"tid1500", "oru"}  # the CAD SR of v1 never reached anyone
+    ident = output_identity(UID, v1, "tid1500")
+    assert links["tid1500"] == {"study_uid": UID, "series_uid": ident.series_instance_uid,
+                                "sop_instance_uid": ident.sop_instance_uid,
+                                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.33"}
+    assert links["oru"] == {"control_id": control_id(UID, v1)}
+
+
+def test_undelivered_results_pass_on_the_link_to_what_was_delivered() -> None:
+    v1, v2, v3 = _result("1"), _result("2"), _result("3")
+    v2["replaces"] = replaced_outputs(v1, v2, UID, _delivered(v1))
+    links = replaced_outputs(v2, v3, UID, _delivered(v1))  # v2 never went out (receivers down)
+    assert links["oru"] == {"control_id": control_id(UID, v1)}
+    assert links["tid4000"]["sop_instance_uid"] == output_identity(UID, v1, "tid4000").sop_instance_uid
+
+
+def test_an_identical_result_keeps_its_link_and_never_points_at_itself() -> None:
+    v1, v2 = _result("1"), _result("2")
+    v2["replaces"] = replaced_outputs(v1, v2, UID, _delivered(v1))
+    again = {k: v for k, v in v2.items() if k != "replaces"}
+    assert replaced_outputs(v2, again, UID, _delivered(v1, v2)) == v2["replaces"]
+    assert replaced_outputs(v1, dict(v1), UID, _delivered(v1)) == {}
+
+
+def _amended_case(phantom_dir: Path):
+    study = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
+    source, result = phantom_case(study)
+    before = dict(result, models={**result["models"], "versamammo": "versamammo-test@0.9.0"})
+    return source, before, dict(result, replaces=replaced_outputs(before, result, source.study_uid,
+                                                                 _delivered_for(source.study_uid, before)))
+
+
+def _delivered_for(uid: str, result: dict) -> set[tuple[str, str]]:
+    return {("tid1500", output_identity(uid, result, "tid1500").sop_instance_uid),
+            ("tid4000", output_identity(uid, result, "tid4000").sop_instance_uid),
+            ("oru", control_id(uid, result))}
+
+
+@pytest.mark.parametrize("kind", ["tid1500", "tid4000"])
+def test_sr_of_a_replacing_result_has_its_predecessor_and_stays_valid(phantom_dir: Path, tmp_path: Path,
+                                                                      kind: str) -> None:
+    source, before, after = _amended_case(phantom_dir)
+    build = build_tid1500_sr if kind == "tid1500" else build_mammography_cad_sr
+    old, new = build(source, before, created_at=CREATED), build(source, after, created_at=CREATED + 60)
+    [study] = new.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    [sop] = series.ReferencedSOPSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID, sop.ReferencedSOPClassUID,
+            sop.ReferencedSOPInstanceUID) == (old.StudyInstanceUID, old.SeriesInstanceUID, old.SOPClassUID,
+                                              old.SOPInstanceUID)
+    path = tmp_path / "sr.dcm"
+    new.save_as(path, enforce_file_format=True)
+    report = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    assert "Error" not in report.stdout + report.stderr, report.stdout + report.stderr
+
+
+def test_oru_of_a_replacing_result_is_a_strictly_valid_correction(phantom_dir: Path) -> None:
+    source, before, after = _amended_case(phantom_dir)
+    settings = HL7Output(host="127.0.0.1", port=2575)
+    first = build_oru(source, before, settings, created_at=CREATED)
+    second = build_oru(source, after, settings, created_at=CREATED + 60)
+    validate_oru(second)
+    assert parse_oru(first)["result_status"] == "P" and parse_oru(second)["result_status"] == "C"
+    obx_status = {line.split("|")[11] for line in second.split("\r") if line.startswith("OBX|")}
+    assert obx_status == {"C"}
+    assert f"replaces the one sent in message {parse_oru(first)['control_id']}" in second
+
+
+def test_a_newer_result_dead_letters_older_outputs_still_waiting(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite")
+    with journal.transaction() as db:
+        db.execute("INSERT INTO studies(study_uid, state, first_received_at, last_received_at, updated_at) "
+                   "VALUES (?, 'PROCESSING', 0, 0, 0)", (UID,))
+    old = [{"destination": "pacs", "kind": "tid1500", "identity": "2.25.1", "payload": "outbox/a.dcm"},
+           {"destination": "hl7", "kind": "oru", "identity": "MN1", "payload": "outbox/a.hl7"}]
+    assert journal.finish_study(UID, _result("1"), "done", old)
+    with journal.transaction() as db:
+        db.execute("UPDATE outbox SET state = 'DELIVERED' WHERE identity = 'MN1'")
+    journal.transition(UID, "DONE", "PROCESSING", "again")
+    new = [{"destination": "pacs", "kind": "tid1500", "identity": "2.25.2", "payload": "outbox/b.dcm"},
+           {"destination": "hl7", "kind": "oru", "identity": "MN2", "payload": "outbox/b.hl7"}]
+    assert journal.finish_study(UID, _result("2"), "done", new)
+    states = {identity: (state, error) for identity, state, error in
+              journal.query("SELECT identity, state, last_error FROM outbox")}
+    assert states["2.25.1"][0] == "DEAD" and "superseded" in states["2.25.1"][1]
+    assert states["MN1"] == ("DELIVERED", None)  # already with the RIS: the new ORU corrects it
+    assert states["2.25.2"][0] == states["MN2"][0] == "PENDING"
+    assert delivered_identities(journal, UID) == {("oru", "MN1")}
