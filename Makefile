@@ -6,9 +6,16 @@ PYTEST_ARGS ?=
 
 .PHONY: run test install install-train install-dev bench clean
 
-## make run: create .venv, install, make sure demonstration models are active (trained on
-## phantoms the first time, about 6-8 minutes on 2 cores; cached after), start the node (Ctrl-C stops it)
-run: install-train
+# The demo model packages shipped for the current export.bootstrap.DEMO_VERSION
+# (deploy/demo-models/NAME@VERSION/, one per kind): when both are there `make run` installs the
+# runtime only and bootstrap-demo installs them; otherwise it needs the training extras to train them.
+DEMO_VERSION := $(shell sed -n 's/^DEMO_VERSION = "\(.*\)".*/\1/p' export/bootstrap.py)
+DEMO_SHIPPED := $(wildcard deploy/demo-models/*@$(DEMO_VERSION)/manifest.json)
+
+## make run: create .venv, install, make sure demonstration models are active (the shipped packages:
+## seconds, no torch; else trained on phantoms the first time, about 10-15 minutes on 2 cores, cached after),
+## start the node (Ctrl-C stops it)
+run: $(if $(word 2,$(DEMO_SHIPPED)),install,install-train)
 	$(VENV)/bin/mammo-node models bootstrap-demo --config $(CONFIG)
 	$(VENV)/bin/mammo-node serve --config $(CONFIG)
 

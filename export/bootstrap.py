@@ -4,10 +4,18 @@ Runs in its own process (``python -m export.bootstrap --out DIR``) because it ne
 node never imports torch. Every stage writes resumable checkpoints under ``DIR/train``, so an
 interrupted bootstrap continues where it stopped, and a finished one is not redone: the packages
 in ``DIR/packages`` are reused. The result is two demonstration packages whose manifests say
-plainly that they were trained on synthetic data and are not for clinical use.
+plainly that they were trained on synthetic data and are not for clinical use, and record the
+command, the recipe, the full configurations (seeds included), the phantom version and the
+held-out metrics.
 
-Budget: about 6-8 minutes on 2 CPU cores (VersaMammo SSL + distillation on 120 phantom studies,
-MammoRG's three stages, export with parity checks).
+Recipe 2 (``RECIPE``): phantom version 2; VersaMammo stage 1 (short SSL: the tiny teacher only
+feeds the relational distillation), the lesion-patch start (``model.student_init =
+"lesion_patches"``, training/versamammo/patches), stage 2, then MammoRG's three stages on the
+frozen student, and the per-field choice of reporting source on the validation split
+(training/mammorg/reporting.py). Sized for about 10-15 minutes on 2 CPU cores. Packages trained
+once with a longer run can be shipped in the repository (deploy/demo-models/, ``--ship``);
+``bootstrap-demo`` then installs those and ``--retrain`` reproduces them. ``--quick`` is a
+minutes-long recipe for tests of this code path only.
 """
 from __future__ import annotations
 
@@ -20,11 +28,19 @@ from pathlib import Path
 from typing import Any
 
 # Bump when the recipe below changes: the demo packages' version, and the cache key.
-DEMO_VERSION = "1.0.0"
+DEMO_VERSION = "2.0.0"
 NAMES = {"versamammo": "versamammo-demo", "mammorg": "mammorg-demo"}
-RECIPE = {
-    "studies": 120, "ssl_iterations": 150, "distill_epochs": 8,
+RECIPE: dict[str, Any] = {
+    "studies": 160, "ssl_iterations": 150, "distill_epochs": 8,
+    "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 4, "patches.samples_per_epoch": 2048},
     "mammorg": {"knowledge.epochs": 4, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12},
+}
+# Minutes on 2 cores: proves the code path (tests), not the models.
+QUICK_RECIPE: dict[str, Any] = {
+    "studies": 40, "ssl_iterations": 30, "distill_epochs": 2,
+    "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 1, "patches.samples_per_epoch": 256,
+                   "patches.val_samples": 64},
+    "mammorg": {"knowledge.epochs": 1, "align.epochs": 1, "sft.epochs": 2, "mammorg.lm_warmup_epochs": 2},
 }
 
 
@@ -36,9 +52,12 @@ def _stage(message: str) -> None:
     print(f"[bootstrap-demo] {message}", file=sys.stderr, flush=True)
 
 
-def build(out: Path, threads: int | None = None) -> dict[str, Path]:
+def build(out: Path, threads: int | None = None, recipe: dict[str, Any] | None = None,
+          command: list[str] | None = None) -> dict[str, Path]:
     """Train (or resume), export and package both demo models under ``out``; returns their directories."""
     import torch
+
+    from training.data.phantom import PHANTOM_VERSION
 
     from export.golden import phantom_images, phantom_views
     from export.mammorg import export_mammorg
@@ -51,6 +70,7 @@ def build(out: Path, threads: int | None = None) -> dict[str, Path]:
     from training.mammorg.proof import KEYS, proof_config as mammorg_config
     from training.versamammo.proof import proof_config as versamammo_config, student_metrics
 
+    recipe = recipe or RECIPE
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -65,10 +85,15 @@ def build(out: Path, threads: int | None = None) -> dict[str, Path]:
     from training.versamammo.distill.train import run_distill
     from training.versamammo.ssl.train import run_ssl
 
-    vcfg = versamammo_config(train / "versamammo", cache, RECIPE["studies"], RECIPE["ssl_iterations"],
-                             RECIPE["distill_epochs"])
+    vcfg = versamammo_config(train / "versamammo", cache, recipe["studies"], recipe["ssl_iterations"],
+                             recipe["distill_epochs"], **recipe["versamammo"])
     _stage("VersaMammo stage 1: self-supervised teacher")
     run_ssl(vcfg)
+    if vcfg.model.student_init == "lesion_patches":
+        from training.versamammo.patches.train import run_patches
+
+        _stage("VersaMammo: lesion-patch start for the student")
+        run_patches(vcfg)
     _stage("VersaMammo stage 2: distilling the student")
     student_path = run_distill(vcfg)
     vmetrics = {k: v for k, v in student_metrics(vcfg).items() if k != "report"}
@@ -78,7 +103,7 @@ def build(out: Path, threads: int | None = None) -> dict[str, Path]:
     from training.mammorg.knowledge import run_knowledge
     from training.mammorg.lm_stages import run_lm_stage
 
-    mcfg = mammorg_config(train / "mammorg", cache, student_path, RECIPE["studies"], True, **RECIPE["mammorg"])
+    mcfg = mammorg_config(train / "mammorg", cache, student_path, recipe["studies"], True, **recipe["mammorg"])
     _stage("MammoRG stage 1: knowledge modules")
     run_knowledge(mcfg)
     _stage("MammoRG stage 2a: alignment")
@@ -89,10 +114,16 @@ def build(out: Path, threads: int | None = None) -> dict[str, Path]:
     report = run_mammorg_eval(mcfg)
     rmetrics = {k: report["metrics"][k]["value"] for k in KEYS}
     rmetrics.update({k: v["value"] for k, v in report["baselines"].items()})
+    from training.mammorg.reporting import reporting_sources
+
+    _stage("choosing the reported source per field on the validation split")
+    reporting = reporting_sources(mcfg, student_path, model_dir)
 
     # --- export and package --------------------------------------------------------------------
-    provenance = {"data": f"{RECIPE['studies']} synthetic phantom studies (training.data.phantom), "
-                          "60/20/20 train/val/test", "recipe": RECIPE}
+    provenance = {"data": f"{recipe['studies']} synthetic phantom studies (training.data.phantom, version "
+                          f"{PHANTOM_VERSION}), 60/20/20 train/val/test", "recipe": recipe,
+                  "phantom_version": PHANTOM_VERSION,
+                  "command": command or ["python", "-m", "export.bootstrap", "--out", str(out)]}
     staging = out / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     _stage("exporting VersaMammo (fp32 and fp16) with parity checks")
@@ -106,6 +137,7 @@ def build(out: Path, threads: int | None = None) -> dict[str, Path]:
     views, present = phantom_views(pre, 2)
     fields = export_mammorg(model, tokenizer, staging / "mammorg", views, present)
     mprov = dict(provenance, model_dir=str(model_dir), config=mcfg.model_dump(mode="json"))
+    fields["reporting"] = reporting
     finish_package(staging / "mammorg", NAMES["mammorg"], DEMO_VERSION, fields, training=mprov,
                    metrics={"test_split": rmetrics}, demonstration=True)
     for kind in NAMES:
@@ -117,12 +149,31 @@ def build(out: Path, threads: int | None = None) -> dict[str, Path]:
     return done
 
 
+def ship(done: dict[str, Path], target: Path) -> dict[str, Path]:
+    """Copy the built packages into ``target`` (deploy/demo-models/), replacing every other version
+    of the demo packages there, so the repository holds exactly one demo set."""
+    target.mkdir(parents=True, exist_ok=True)
+    shipped = {}
+    for kind, source in done.items():
+        for old in target.glob(f"{NAMES[kind]}@*"):
+            shutil.rmtree(old)
+        shipped[kind] = target / source.name
+        shutil.copytree(source, shipped[kind])
+    return shipped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="cache directory (training runs and packages)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="a minutes-long recipe that tests the code path only")
+    parser.add_argument("--ship", type=Path, default=None, metavar="DIR",
+                        help="also copy the packages into DIR (maintainers: deploy/demo-models)")
     args = parser.parse_args(argv)
-    done = build(args.out, args.threads)
+    command = ["python", "-m", "export.bootstrap", *(argv if argv is not None else sys.argv[1:])]
+    done = build(args.out, args.threads, QUICK_RECIPE if args.quick else RECIPE, command)
+    if args.ship is not None:
+        done = ship(done, args.ship)
     print(json.dumps({kind: str(path) for kind, path in done.items()}))
     return 0
 

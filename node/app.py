@@ -55,7 +55,9 @@ class NodeApp:
         preparer = OutputPreparer(settings)
         self.outbox = Outbox(self.journal, settings, preparer, on_attempt=self._delivery_attempted)
         self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir, outputs=preparer,
-                                 on_done=self._study_done)
+                                 on_done=self._study_done,
+                                 sources={"density": settings.results.density_source,
+                                          "birads": settings.results.birads_source})
         self.http: HttpApi | None = None
         if settings.http.enabled:
             self.http = HttpApi(settings.http.bind, settings.http.port, self.metrics.render, self.health,

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.packages.manifest import PackageError
+from node.packages.manifest import MANIFEST, PackageError
 
 models_app = typer.Typer(help="Install, verify, activate and roll back model packages.", no_args_is_help=True)
 console = Console()
@@ -39,12 +40,12 @@ def _out(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _fail(message: str, as_json: bool, **extra: Any) -> None:
+def _fail(message: str, as_json: bool, code: int = 1, **extra: Any) -> None:
     if as_json:
         _out({"ok": False, "error": message, **extra})
     else:
         err_console.print(f"[red]{message}[/red]", highlight=False, soft_wrap=True)  # no line breaks in paths
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _describe(package: Any, active: dict[str, str]) -> dict[str, Any]:
@@ -160,54 +161,131 @@ def remove(ref: str = typer.Argument(..., help="NAME@VERSION to delete (never th
 @models_app.command("bootstrap-demo")
 def bootstrap_demo(cache: Optional[Path] = typer.Option(None, "--cache", help="Where training runs and built "
                                                         "packages are kept (default DATA_DIR/cache/bootstrap-demo)."),
-                   threads: Optional[int] = typer.Option(None, "--threads", help="torch threads."),
+                   threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (training only)."),
+                   retrain: bool = typer.Option(False, "--retrain", help="Train the demo packages here (same recipe "
+                                                "and seed as the shipped ones) even where deploy/demo-models/ ships "
+                                                "them; needs the training extras."),
+                   source: Optional[Path] = typer.Option(None, "--from", help="Take the demo packages from this "
+                                                         "directory (laid out like deploy/demo-models/) instead."),
+                   quick: bool = typer.Option(False, "--quick", hidden=True, help="Train with export.bootstrap's "
+                                              "minutes-long recipe (tests of this code path; useless models)."),
                    as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) -> None:
-    """Train tiny demonstration models on phantoms, export, verify, install and activate them.
+    """Make the demonstration models the active ones: install the packages shipped in
+    deploy/demo-models/, or train them on phantoms; verify, install and activate them.
 
-    Needs the training extras (scripts/install.sh --train). Cached: a second run reuses what the
-    first built, and does nothing when the demo packages are already active. The packages are
-    demonstration models trained on synthetic images, not for clinical use.
+    With packages shipped for the current demo version nothing is trained and torch is not needed
+    (seconds). Without them, or with --retrain, tiny models are trained on synthetic phantoms in a
+    child process (needs scripts/install.sh --train; resumable and cached under --cache). Does
+    nothing when the demo packages are already active. The packages are demonstration models
+    trained on synthetic images, not for clinical use.
     """
-    from export.bootstrap import DEMO_VERSION, NAMES  # torch-free module; the training runs in a child
+    from node.packages.demo import demo_refs, demo_version, shipped_listing, shipped_packages, shipped_root
 
+    if retrain and source is not None:
+        _fail("--retrain trains the packages here and --from installs them from a directory: give one of them",
+              as_json, code=2)
     registry, settings = _registry(config)
-    refs = {kind: f"{name}@{DEMO_VERSION}" for kind, name in NAMES.items()}
+    refs = demo_refs()
     active = registry.active()
-    if all(active.get(kind) == ref for kind, ref in refs.items()):
-        result = {"ok": True, "active": active, "built": False, "installed": []}
+    if not retrain and all(active.get(kind) == ref for kind, ref in refs.items()):
+        result = {"ok": True, "active": active, "built": False, "installed": [], "source": "cached"}
         _out(result) if as_json else console.print(f"demo models already active: {', '.join(refs.values())}")
         return
+    installed_refs = {p.ref for p in registry.installed()}
+    shipped = None if retrain else shipped_packages(source)
+    if source is not None and shipped is None:
+        _fail(f"{source} holds no demo packages for version {demo_version()}: expected "
+              + " and ".join(f"{source / ref}/manifest.json" for ref in refs.values())
+              + _found(shipped_listing(source)), as_json, code=2)
+    if not retrain and all(ref in installed_refs for ref in refs.values()):
+        _activate_demo(registry, refs, [], "cached", False, as_json)  # installed earlier, not active now
+        return
+    if shipped is not None:
+        if not as_json:
+            console.print(f"installing the demonstration packages shipped in {shipped_root(source)}: "
+                          f"{', '.join(refs.values())} (checksums and golden vectors are checked first)")
+        installed = []
+        for kind, ref in refs.items():
+            if ref in installed_refs:
+                continue
+            try:
+                registry.install(shipped[kind])
+            except PackageError as exc:
+                _fail(f"shipped demo package {shipped[kind]} refused, nothing activated: {exc}. The copy in this "
+                      "checkout is damaged or incomplete: restore it from git, or train the demo packages here "
+                      "with `mammo-node models bootstrap-demo --retrain` (needs scripts/install.sh --train)", as_json)
+            installed.append(ref)
+        _activate_demo(registry, refs, installed, "shipped", False, as_json)
+        return
+
     try:
         import torch  # noqa: F401  (only to give a clear message; the child process trains)
     except ImportError:
-        _fail("bootstrap-demo trains models and needs the training extras: scripts/install.sh --train "
-              "(or install model packages built elsewhere with `mammo-node models install PATH`)", as_json)
+        if retrain:
+            _fail("bootstrap-demo --retrain trains the demo models and needs the training extras: "
+                  "scripts/install.sh --train", as_json)
+        _fail(f"no demonstration packages for version {demo_version()} are shipped in {shipped_root()}"
+              f"{_found(shipped_listing())}, and training them needs the training extras: scripts/install.sh "
+              "--train (or install model packages built elsewhere with `mammo-node models install PATH`)", as_json)
     cache_dir = cache or settings.data_dir / "cache" / "bootstrap-demo"
     command = [sys.executable, "-m", "export.bootstrap", "--out", str(cache_dir)]
     if threads:
         command += ["--threads", str(threads)]
+    if quick:
+        command.append("--quick")
     if not as_json:
-        console.print(f"training demonstration models on synthetic phantoms (cache: {cache_dir}); "
-                      "about 6-8 minutes on 2 cores the first time")
+        console.print(f"training demonstration models on synthetic phantoms (cache: {cache_dir}); about 10-15 minutes "
+                      "on 2 cores the first time (export/bootstrap.py states the recipe's budget), a rerun resumes")
+    started = time.time()
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if as_json else None,
                           text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if proc.returncode != 0:
         _fail(f"building the demo models failed (exit {proc.returncode}); rerun to resume from its checkpoints",
               as_json)
     built = {kind: Path(path) for kind, path in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    # The child reuses finished packages from its cache: then nothing was trained in this run.
+    reused = all((path / MANIFEST).stat().st_mtime < started for path in built.values())
     installed = []
     for kind, path in built.items():
         ref = refs[kind]
         try:
-            if ref not in {p.ref for p in registry.installed()}:
-                registry.install(path)
-                installed.append(ref)
-            registry.activate(ref)
+            if ref in installed_refs:
+                if not retrain or _same_files(registry, ref, path):
+                    continue
+                if registry.active().get(kind) == ref:
+                    _fail(f"the retrained {ref} differs from the installed {ref}, which is active, so it cannot be "
+                          f"replaced in place. The retrained package is {path}: activate another {kind} version, "
+                          f"`mammo-node models remove {ref}`, then rerun bootstrap-demo --retrain (the training "
+                          "is cached: seconds); or install it on a node with a fresh data directory", as_json)
+                registry.remove(ref)  # an inactive older build of the same version: the new one replaces it
+            registry.install(path)
+            installed.append(ref)
         except PackageError as exc:
             _fail(f"demo package {ref} refused: {exc}", as_json)
-    result = {"ok": True, "active": registry.active(), "built": True, "installed": installed}
+    _activate_demo(registry, refs, installed, "cached" if reused else "trained", True, as_json)
+
+
+def _found(names: list[str]) -> str:
+    return f" (found: {', '.join(names)})" if names else ""
+
+
+def _same_files(registry: Any, ref: str, path: Path) -> bool:
+    from node.packages.manifest import read_manifest
+
+    return registry.get(ref).manifest.files == read_manifest(path).files
+
+
+def _activate_demo(registry: Any, refs: dict[str, str], installed: list[str], source: str, built: bool,
+                   as_json: bool) -> None:
+    """Activate every demo package (all are installed by now) and report."""
+    try:
+        for ref in refs.values():
+            registry.activate(ref)
+    except PackageError as exc:
+        _fail(f"activating the demo packages failed: {exc}", as_json)
+    result = {"ok": True, "active": registry.active(), "built": built, "installed": installed, "source": source}
     if as_json:
         _out(result)
     else:
-        console.print(f"[green]active: {', '.join(refs.values())}[/green]")
+        console.print(f"[green]active: {', '.join(refs.values())}[/green] ({source})")
         console.print("[yellow]Demonstration models trained on synthetic images: not for clinical use.[/yellow]")

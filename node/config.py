@@ -147,6 +147,15 @@ class InferenceSection(_Section):
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
 
 
+class ResultsSection(_Section):
+    """Per field, which source a breast's reported value comes from where both the generated report
+    and the classifier state one (docs/results.md). "package": the choice the active MammoRG
+    package records from its validation figures (``reporting`` in its manifest), else "report"."""
+
+    density_source: Literal["package", "report", "classifier"] = "package"
+    birads_source: Literal["package", "report", "classifier"] = "package"
+
+
 class DestinationTLS(_Section):
     """TLS for the associations we open to one destination (results carry patient data).
 
@@ -261,6 +270,7 @@ class Settings(BaseSettings):
     dicom: DicomSection = Field(default_factory=DicomSection)
     assembly: AssemblySection = Field(default_factory=AssemblySection)
     inference: InferenceSection = Field(default_factory=InferenceSection)
+    results: ResultsSection = Field(default_factory=ResultsSection)
     outputs: OutputsSection = Field(default_factory=OutputsSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     http: HttpSection = Field(default_factory=HttpSection)

@@ -41,7 +41,7 @@ from models.reportparse import parse_report
 from node.inference.engine import InferenceEngine
 from node.journal import Journal
 from node.logref import study_ref
-from node.results import breast_probabilities, build_result
+from node.results import breast_probabilities, build_result, reporting_sources
 from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.prepare import OutputPreparer, selected_sources
 from node.views import POSITIONS
@@ -60,8 +60,10 @@ class Pipeline:
 
     def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0,
                  outputs: OutputPreparer | None = None,
-                 on_done: Callable[[str, str, dict[str, Any] | None], None] | None = None) -> None:
+                 on_done: Callable[[str, str, dict[str, Any] | None], None] | None = None,
+                 sources: dict[str, str] | None = None) -> None:
         self.journal = journal
+        self.sources = dict(sources or {})
         self.outputs = outputs
         self.on_done = on_done
         self.rescan_seconds = rescan_seconds
@@ -242,6 +244,6 @@ class Pipeline:
         timings["mammorg"] = round(time.perf_counter() - mark, 4)
         parsed = parse_report(report.text)
         result = build_result(report.text, parsed, breast_probabilities(per_view), vm.labels, models.versions,
-                              missing)
+                              missing, sources=reporting_sources(self.sources, rg.manifest.data.get("reporting")))
         result["timings"] = timings
         return result

@@ -1,9 +1,12 @@
 """The structured result of one study: classifier outputs and the parsed report, per breast.
 
-Both sources are kept: the BI-RADS and density a breast is reported with come from the generated
-report (what a radiologist reads) when it states them, else from the classifier, and every
-breast where the two disagree is flagged with both values. Pure Python + numpy, so it is tested
-without models.
+Both sources are kept: the BI-RADS and density a breast is reported with come, per field, from
+the source chosen for it (``sources``: "report" or "classifier"; the generated report by default,
+what a radiologist reads), falling back to the other where the chosen one states nothing, and
+every breast where the two disagree is flagged with both values. Which source is chosen is
+measured, not assumed: the MammoRG package records the better one on its validation split
+(``reporting`` in its manifest, training/mammorg/reporting.py) and ``[results]`` in the node's
+configuration may override it. Pure Python + numpy, so it is tested without models.
 """
 from __future__ import annotations
 
@@ -34,10 +37,33 @@ def _merged_birads(value: str | None) -> str | None:
     return value[0]
 
 
+def reporting_sources(configured: dict[str, str], package: dict[str, Any] | None) -> dict[str, str]:
+    """Per field, "report" or "classifier": the configured value, where it is "package" the
+    package's recorded choice, else "report"."""
+    out = {}
+    for field in ("density", "birads"):
+        choice = configured.get(field, "package")
+        if choice == "package":
+            choice = (package or {}).get(field, "report")
+        out[field] = choice if choice in ("report", "classifier") else "report"
+    return out
+
+
+def _pick(field: str, reported: str | None, classifier: dict[str, Any] | None, source: str) -> tuple[str | None, str | None]:
+    """(value, where it came from) for one field of one breast."""
+    from_classifier = (classifier or {}).get(field)
+    if source == "classifier" and from_classifier is not None:
+        return from_classifier, "classifier"
+    if reported:
+        return reported, "report"
+    return (from_classifier, "classifier") if from_classifier is not None else (None, None)
+
+
 def build_result(report_text: str, parsed: ReportResult, breasts: dict[str, dict[str, np.ndarray]],
                  labels: dict[str, Sequence[str]], versions: dict[str, str],
-                 missing_views: Sequence[str] = ()) -> dict[str, Any]:
+                 missing_views: Sequence[str] = (), sources: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON-able structured result (docs/results.md describes every field)."""
+    sources = sources or {}
     out_breasts: dict[str, Any] = {}
     disagreements = []
     for side in SIDES:
@@ -54,11 +80,13 @@ def build_result(report_text: str, parsed: ReportResult, breasts: dict[str, dict
                              if p >= FINDING_THRESHOLD],
             }
         findings = [f.to_dict() for f in reported.findings.values() if f.status in ("POS", "UNC")]
+        density, density_source = _pick("density", reported.density, classifier, sources.get("density", "report"))
+        birads, birads_source = _pick("birads", reported.birads, classifier, sources.get("birads", "report"))
         breast: dict[str, Any] = {
-            "density": reported.density or (classifier or {}).get("density"),
-            "density_source": "report" if reported.density else ("classifier" if classifier else None),
-            "birads": reported.birads or (classifier or {}).get("birads"),
-            "birads_source": "report" if reported.birads else ("classifier" if classifier else None),
+            "density": density,
+            "density_source": density_source,
+            "birads": birads,
+            "birads_source": birads_source,
             "findings": findings,
             "report": {"density": reported.density, "birads": reported.birads},
             "classifier": classifier,

@@ -67,6 +67,18 @@ def versamammo_ssl(config: Optional[Path] = ConfigOption, overrides: list[str] =
     err.print(f"teacher checkpoint: {path}")
 
 
+@app.command("versamammo-patches")
+def versamammo_patches(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
+    """Optional start for stage 2: pretrain the student on lesion patches (needs box annotations).
+
+    Stage 2 starts from it with --set model.student_init=lesion_patches.
+    """
+    from training.versamammo.patches.train import run_patches
+
+    path = run_patches(_config(config, overrides))
+    err.print(f"lesion-patch student: {path}")
+
+
 @app.command("versamammo-distill")
 def versamammo_distill(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
     """Stage 2: supervised training of the EfficientNet student with knowledge distillation."""

@@ -38,6 +38,11 @@ class ModelSection(_Section):
     size: Literal["tiny", "full"] = "tiny"
     teacher_checkpoint: Path | None = None  # official DINOv2-format or our own stage-1 checkpoint
     student_checkpoint: Path | None = None  # official student or our own stage-2 checkpoint
+    # Where stage 2 starts when student_checkpoint is None: "random" (what our full preset does,
+    # since ImageNet weights cannot be downloaded here; the official code starts from ImageNet)
+    # or "lesion_patches": the student pretrained on lesion patches of the training set's boxes
+    # (`mammo-train versamammo-patches`, output run.out_dir/patches/student_patches.pt).
+    student_init: Literal["random", "lesion_patches"] = "random"
 
 
 class DataSection(_Section):
@@ -122,6 +127,21 @@ class DistillSection(_Section):
     teacher_features: Literal["offline", "online"] = "offline"
 
 
+class PatchesSection(_Section):
+    """Lesion-patch pretraining of the student (training/versamammo/patches; Shen et al. 2019)."""
+
+    epochs: int = Field(default=10, ge=1)
+    samples_per_epoch: int = Field(default=4096, ge=1)   # patches drawn per epoch (with replacement)
+    val_samples: int = Field(default=512, ge=0)          # fixed validation patches
+    batch_size_per_rank: int = Field(default=64, ge=2)
+    lr: float = 2e-3                                     # peak (warm-up, then cosine)
+    weight_decay: float = 1e-4
+    size: int = Field(default=64, ge=16)                 # patch side in model-image pixels
+    positive_fraction: float = Field(default=0.5, gt=0, lt=1)
+    jitter: float = Field(default=0.25, ge=0, le=0.5)    # lesion centre offset, fraction of the patch side
+    max_overlap: float = Field(default=0.1, ge=0, le=1)  # share of a lesion box a normal patch may cover
+
+
 class MammoRGSection(_Section):
     """MammoRG model and tokenizer (models.mammorg); the frozen student is ``model.student_checkpoint``."""
 
@@ -197,6 +217,7 @@ class TrainConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     ssl: SSLSection = Field(default_factory=SSLSection)
     distill: DistillSection = Field(default_factory=DistillSection)
+    patches: PatchesSection = Field(default_factory=PatchesSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     mammorg: MammoRGSection = Field(default_factory=MammoRGSection)
     knowledge: KnowledgeSection = Field(default_factory=KnowledgeSection)

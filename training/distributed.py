@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -81,6 +81,19 @@ def init_distributed(device: str = "auto", backend: Literal["auto", "nccl", "glo
                                 timeout=dt.timedelta(seconds=timeout_s), **kwargs)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                     device=dev, backend=dist.get_backend())
+
+
+T = TypeVar("T")
+
+
+def launched(cfg: Any, body: Callable[[DistInfo], T]) -> T:
+    """Run one training stage: join the process group of ``cfg.run`` (torchrun or single process),
+    run ``body(info)``, and leave the group whatever happens."""
+    info = init_distributed(cfg.run.device, cfg.run.distributed_backend)
+    try:
+        return body(info)
+    finally:
+        cleanup()
 
 
 def cleanup() -> None:

@@ -167,7 +167,7 @@ class Sandbox:
         replacements = {
             "s-1234abcd56": self.study_key,
             "PACKAGE_DIR_OR_TAR": lambda: str(self.packages["vm2"]),
-            "versamammo-demo-2.0.0.tar": lambda: str(self.packages["vm2"]),
+            "versamammo-demo-2.1.0.tar": lambda: str(self.packages["vm2"]),
             "=STUDENT": lambda: f"={self.root}/runs/versamammo-tiny/distill/student_best.pt",
             "reports.jsonl": lambda: str(self.reports()),
             "reference.jsonl": lambda: str(self.reports()),
@@ -215,10 +215,12 @@ def model_packages_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     """Tiny random packages under the demo names, so the docs' commands about the demo models apply."""
     from tests.packages import build_mammorg_package, build_versamammo_package
 
+    from export.bootstrap import DEMO_VERSION
+
     root = tmp_path_factory.mktemp("demo-packages")
-    return {"vm1": build_versamammo_package(root / "vm1", "1.0.0", seed=0, name="versamammo-demo"),
-            "vm2": build_versamammo_package(root / "vm2", "2.0.0", seed=1, tar=True, name="versamammo-demo"),
-            "rg1": build_mammorg_package(root / "rg1", "1.0.0", seed=0, name="mammorg-demo")}
+    return {"vm1": build_versamammo_package(root / "vm1", DEMO_VERSION, seed=0, name="versamammo-demo"),
+            "vm2": build_versamammo_package(root / "vm2", "2.1.0", seed=1, tar=True, name="versamammo-demo"),
+            "rg1": build_mammorg_package(root / "rg1", DEMO_VERSION, seed=0, name="mammorg-demo")}
 
 
 # Training commands run for real, shrunk by overrides to seconds of work, into the sandbox.

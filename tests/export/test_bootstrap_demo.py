@@ -1,5 +1,9 @@
-"""`mammo-node models bootstrap-demo`: a fresh data directory ends with working, verified, active
-demonstration models that say they are not for clinical use; a second run reuses them."""
+"""`mammo-node models bootstrap-demo --retrain`: the training path (export.bootstrap in a child
+process, then export, install, activate) leaves a fresh data directory with working, verified, active
+demonstration models that say they are not for clinical use and record their provenance; a second
+run reuses them. The real recipe takes about an hour on 2 cores, so this runs its minutes-long
+``--quick`` recipe: it proves the code path, not the models (bench.demo_quality and
+tests/bench/test_demo_quality.py judge the shipped ones)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +29,7 @@ def node_config(tmp_path_factory) -> Path:
     config = root / "node.toml"
     config.write_text(f'[node]\ndata_dir = "{root / "data"}"\n[inference]\nproviders = ["cpu"]\n')
     start = time.perf_counter()
-    out = _cli(config, "bootstrap-demo", "--threads", "2", "--json")
+    out = _cli(config, "bootstrap-demo", "--retrain", "--quick", "--threads", "2", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout)
     assert result["built"] is True and len(result["installed"]) == 2
@@ -35,9 +39,17 @@ def node_config(tmp_path_factory) -> Path:
 
 def test_demo_models_are_active_verified_and_labelled_not_for_clinical_use(node_config):
     listed = json.loads(_cli(node_config, "list", "--json").stdout)
-    assert listed["active"] == {"versamammo": "versamammo-demo@1.0.0", "mammorg": "mammorg-demo@1.0.0"}
+    from export.bootstrap import DEMO_VERSION, QUICK_RECIPE
+    from training.data.phantom import PHANTOM_VERSION
+
+    assert listed["active"] == {"versamammo": f"versamammo-demo@{DEMO_VERSION}", "mammorg": f"mammorg-demo@{DEMO_VERSION}"}
     for package in listed["packages"]:
         assert package["demonstration"] is True and "Not for clinical use" in package["intended_use"]
+    settings_dir = node_config.parent / "data" / "models" / "packages"
+    for ref in listed["active"].values():
+        training = json.loads((settings_dir / ref / "manifest.json").read_text())["training"]
+        assert training["phantom_version"] == PHANTOM_VERSION and training["recipe"] == QUICK_RECIPE
+        assert training["command"][:3] == ["python", "-m", "export.bootstrap"] and "--quick" in training["command"]
     for ref in listed["active"].values():
         out = _cli(node_config, "verify", ref, "--json")
         assert out.returncode == 0, out.stdout
@@ -68,8 +80,5 @@ def test_demo_models_read_a_new_phantom_study(node_config, tmp_path):
     probs = models.versamammo.run(views[0])
     assert probs.density.shape == (4, 4) and np.allclose(probs.density.sum(1), 1, atol=1e-5)
     report = models.mammorg.generate(views, present)[0]
-    parsed = parse_report(report.text)
-    assert "IMPRESSION" in report.text.upper()
-    for side in ("R", "L"):
-        assert parsed.breasts[side].density in {"A", "B", "C", "D"}
-        assert parsed.breasts[side].birads is not None
+    assert report.token_ids                     # generation ran; the quick recipe's words need not be a report
+    parse_report(report.text)                   # whatever it says, the parser reads it without error

@@ -149,3 +149,30 @@ def test_report_values_are_preferred_and_disagreements_flagged():
     assert right["classifier"]["findings"] == [{"kind": "Mass", "score": 0.7}]
     flagged = build_result("t", _parsed("B", "1"), {"R": _probs(5, 1), "L": _probs(1, 2)}, LABELS, {})
     assert [d["field"] for d in flagged["disagreements"]] == ["birads"]
+
+
+def test_the_chosen_source_is_reported_per_field_and_disagreements_stay_flagged():
+    from node.results import reporting_sources
+
+    probs = {"R": _probs(4, 1), "L": _probs(1, 2)}
+    result = build_result("text", _parsed("C", "4B"), probs, LABELS, {}, sources={"density": "classifier",
+                                                                                "birads": "report"})
+    right = result["breasts"]["R"]
+    assert (right["density"], right["density_source"]) == ("B", "classifier")
+    assert (right["birads"], right["birads_source"]) == ("4B", "report")
+    assert right["report"] == {"density": "C", "birads": "4B"}           # the report's own values are kept
+    assert result["disagreements"] == [{"breast": "R", "field": "density", "report": "C", "classifier": "B"}]
+    both = build_result("t", _parsed("C", "4B"), probs, LABELS, {}, sources={"density": "classifier",
+                                                                           "birads": "classifier"})
+    assert (both["breasts"]["R"]["birads"], both["breasts"]["R"]["birads_source"]) == ("4", "classifier")
+    # no classifier output for a breast: the report's value, whatever the choice
+    alone = build_result("t", _parsed("C", "2"), {}, LABELS, {}, sources={"density": "classifier"})
+    assert (alone["breasts"]["R"]["density"], alone["breasts"]["R"]["density_source"]) == ("C", "report")
+    # configured value, else the package's measured choice, else the report
+    assert reporting_sources({"density": "package", "birads": "package"}, None) == {"density": "report",
+                                                                                   "birads": "report"}
+    assert reporting_sources({"density": "package", "birads": "report"},
+                             {"density": "classifier", "birads": "classifier"}) == {"density": "classifier",
+                                                                                     "birads": "report"}
+    assert reporting_sources({"density": "package"}, {"density": "bogus"})["density"] == "report"
+

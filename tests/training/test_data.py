@@ -51,7 +51,7 @@ def test_phantom_records_labels(phantom_root: Path) -> None:
         key = f"{r.laterality}-{r.view}"
         breast = labels["breasts"][r.laterality]
         assert r.study_id == labels["study_uid"] and r.patient_id == labels["patient_id"]
-        assert r.birads == birads_index(breast["birads"]) and r.density == density_index(breast["density"])
+        assert r.birads == birads_index(labels["views"][key]["birads"]) and r.density == density_index(breast["density"])
         expected = set()
         for f in breast["findings"]:
             if key not in f["visible_in"]:
@@ -236,11 +236,11 @@ def test_load_records_generates_phantoms_once(tmp_path: Path, monkeypatch: pytes
                           val_fraction=0.2, test_fraction=0.2)
     first = load_records(section)
     second = load_records(section)
-    assert len(calls) == 1 and (tmp_path / "phantoms-3-6-small").is_dir()
+    assert len(calls) == 1 and (tmp_path / "phantoms-v2-3-6-small").is_dir()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
     assert first == second and len(first) == 24
     assert {r.split for r in first} == {"train", "val", "test"}
-    assert all(r.path.is_relative_to(tmp_path / "phantoms-3-6-small") for r in first)
+    assert all(r.path.is_relative_to(tmp_path / "phantoms-v2-3-6-small") for r in first)
 
 
 # ------------------------------------------------------------------------------ cache

@@ -14,17 +14,39 @@ import pydicom
 import pytest
 
 from tests.tools import require_tool
-from training.data.phantom import PhantomOptions, PhantomStudy, generate_study, write_phantom_studies, write_study
-from training.data.phantom_anatomy import GRIDS, PATIENT_ORIENTATION, render_anatomy, render_view, sample_breast
+from training.data.phantom import (
+    PHANTOM_VERSION,
+    PhantomOptions,
+    PhantomStudy,
+    generate_study,
+    sample_study,
+    write_phantom_studies,
+    write_study,
+)
+from training.data.phantom_anatomy import (
+    GLANDULAR_STEP,
+    GRIDS,
+    PATIENT_ORIENTATION,
+    render_anatomy,
+    render_view,
+    sample_breast,
+    tissue_floor,
+)
 from training.data.phantom_labels import (
+    _RECIPES,
     BIRADS_ORDER,
     CLOCKS,
     DENSITY_TARGETS,
+    MASS_DENSITIES,
+    MASS_DENSITY_FREQ,
     BreastLabels,
+    Finding,
     finding_birads,
     sample_labels,
     worst_birads,
 )
+from training.data.phantom_lesions import _CALC, MASS_DENSITY_CONTRAST, mass_peak
+from training.data.phantom_records import ensure_phantoms, phantom_cache_name, study_records
 
 SEED = 1
 N_STUDIES = 20
@@ -137,6 +159,24 @@ def test_full_size_study(tmp_path: Path) -> None:
     for side in "RL":
         assert study.labels["breasts"][side]["dense_fraction"] == pytest.approx(
             small.labels["breasts"][side]["dense_fraction"], abs=0.01)
+
+
+def test_both_sizes_show_the_same_masses() -> None:
+    """Mass boxes (mm from the chest-wall edge, and from the top) agree between the sizes."""
+    full, small = generate_study(SEED, 20, PhantomOptions(size="full")), generate_study(SEED, 20)
+    checked = 0
+    for side in "RL":
+        for a, b in zip(full.labels["breasts"][side]["findings"], small.labels["breasts"][side]["findings"]):
+            assert {k: a[k] for k in a if k != "boxes"} == {k: b[k] for k in b if k != "boxes"}
+            for key, box in a["boxes"].items():
+                mm = []
+                for labels, bx in ((full.labels, box), (small.labels, b["boxes"][key])):
+                    ps, width = labels["pixel_spacing_mm"], labels["views"][key]["columns"] * labels["pixel_spacing_mm"]
+                    x0, y0, x1, y1 = (v * ps for v in bx)
+                    mm.append(np.array([width - x1, y0, width - x0, y1] if side == "R" else [x0, y0, x1, y1]))
+                assert np.abs(mm[0] - mm[1]).max() < 1.5, (key, a["id"], mm)
+                checked += a["kind"] == "mass"
+    assert checked >= 2
 
 
 def test_small_size_attributes(studies: list[PhantomStudy]) -> None:
@@ -403,6 +443,10 @@ def test_locations_are_consistent(studies: list[PhantomStudy]) -> None:
     ("mass", {"shape": "irregular", "margin": "circumscribed"}, "4B"),
     ("mass", {"shape": "irregular", "margin": "indistinct"}, "4C"),
     ("mass", {"shape": "irregular", "margin": "spiculated"}, "5"),
+    ("mass", {"shape": "irregular", "margin": "spiculated", "density": "high"}, "5"),
+    ("mass", {"shape": "oval", "margin": "circumscribed", "density": "low"}, "3"),
+    ("mass", {"shape": "oval", "margin": "circumscribed", "density": "fat_containing"}, "2"),
+    ("mass", {"shape": "round", "margin": "circumscribed", "density": "fat_containing"}, "2"),
     ("calcification", {"morphology": "round", "distribution": "diffuse"}, "2"),
     ("calcification", {"morphology": "punctate", "distribution": "grouped"}, "3"),
     ("calcification", {"morphology": "amorphous", "distribution": "regional"}, "4A"),
@@ -421,7 +465,8 @@ def test_breast_birads_follows_findings(studies: list[PhantomStudy]) -> None:
         for side in "RL":
             b = study.labels["breasts"][side]
             for f in b["findings"]:
-                desc = {k: f[k] for k in ("shape", "margin", "morphology", "distribution", "subtype") if k in f}
+                desc = {k: f[k] for k in ("shape", "margin", "density", "morphology", "distribution", "subtype")
+                        if k in f}
                 assert f["birads"] == finding_birads(f["kind"], desc)
             assert b["birads"] == worst_birads([f["birads"] for f in b["findings"]])
             assert b["birads"] in BIRADS_ORDER and b["birads"] != "6"
@@ -432,6 +477,208 @@ def test_category_mix_of_a_twenty_study_block() -> None:
         overall = [worst_birads([b.birads for b in sample_labels(seed, i).values()]) for i in range(20)]
         assert set(overall) == set(BIRADS_ORDER), overall
         assert sum(c in ("1", "2") for c in overall) >= 11  # mostly normal or benign
+
+
+# ----------------------------------------------------------------------------- mass density (version 2)
+
+def _masses(seeds: range, n: int = 40):
+    """(seed, index, finding) of every mass of the first n studies of each seed (labels only)."""
+    for seed in seeds:
+        for index in range(n):
+            for b in sample_labels(seed, index).values():
+                for f in b.findings:
+                    if f.kind == "mass":
+                        yield seed, index, f
+
+
+def mass_core_share(seed: int, index: int, f: Finding, view: str) -> tuple[float, str] | None:
+    """Share of the mass's core pixels brighter than the 95th percentile of the normal breast
+    tissue of the same image, and the breast's ACR class (None when the view lacks the mass).
+
+    The core is where the mass's contribution (the image with it minus the image without it;
+    the noise does not depend on the findings) exceeds half its largest magnitude, inside its
+    box. Normal tissue: breast minus pectoral muscle minus every finding's box.
+    """
+    breasts, models, _ = sample_study(seed, index)
+    side, grid = f.laterality, GRIDS["small"]
+    full = render_view(models[side], view, breasts[side].findings, grid)
+    if f.id not in full.boxes:
+        return None
+    empty = render_view(models[side], view, [], grid)
+    one = render_view(models[side], view, [f], grid)
+    normal = empty.breast_mask & ~empty.pectoral_mask
+    for x0, y0, x1, y1 in full.boxes.values():
+        normal[y0:y1, x0:x1] = False
+    p95 = float(np.percentile(empty.image[normal], 95))
+    x0, y0, x1, y1 = full.boxes[f.id]
+    contribution = (one.image - empty.image)[y0:y1, x0:x1]
+    core = np.abs(contribution) > 0.5 * float(np.abs(contribution).max())
+    return float((full.image[y0:y1, x0:x1][core] > p95).mean()), breasts[side].density
+
+
+def test_every_mass_has_a_density_descriptor_from_its_category() -> None:
+    counts: dict[str, dict[str, int]] = {}
+    for _, _, f in _masses(range(1, 11)):
+        d = f.descriptors["density"]
+        assert d in MASS_DENSITIES, f.descriptors
+        if d == "fat_containing":
+            assert f.birads == "2" and f.descriptors["margin"] == "circumscribed", f.descriptors
+        else:
+            assert f.birads != "2", f.descriptors
+        counts.setdefault(f.birads, {}).setdefault(d, 0)
+        counts[f.birads][d] += 1
+    assert set(counts) >= {"2", "3", "4A", "4B", "4C", "5"}, counts
+    # Suspicious (4C/5) masses are mostly high density, probably benign ones mostly not.
+    for cat in ("4C", "5"):
+        assert max(MASS_DENSITY_FREQ[cat], key=MASS_DENSITY_FREQ[cat].get) == "high"
+    assert MASS_DENSITY_FREQ["3"]["high"] < 0.3 and MASS_DENSITY_FREQ["5"]["low"] < 0.05
+    susp = sum(counts.get(c, {}).get("high", 0) for c in ("4C", "5"))
+    assert susp > 0.5 * sum(sum(counts.get(c, {}).values()) for c in ("4C", "5")), counts
+    for freq in MASS_DENSITY_FREQ.values():
+        assert sum(freq.values()) == pytest.approx(1.0)
+    # Fat-containing masses are a benign (BI-RADS 2) recipe, never a probably-benign or worse one.
+    fat = [d for cat, recipes in _RECIPES.items() for kind, d in recipes if d.get("density") == "fat_containing"]
+    assert fat and all(finding_birads("mass", d) == "2" for d in fat)
+    assert all(d.get("density") != "fat_containing" for cat, r in _RECIPES.items() if cat != "2" for _, d in r)
+
+
+def test_mass_contrast_is_set_against_the_glandular_step() -> None:
+    """High density out-weighs the fully glandular step, equal matches it, low stays below,
+    and a longer chord (bigger mass) is brighter within each descriptor."""
+    ref = 15.0
+    assert mass_peak(MASS_DENSITY_CONTRAST["high"][0], ref) > 1.2 * GLANDULAR_STEP
+    lo, hi = MASS_DENSITY_CONTRAST["equal"]
+    assert lo * GLANDULAR_STEP <= mass_peak(1.0, ref) <= hi * GLANDULAR_STEP
+    assert mass_peak(MASS_DENSITY_CONTRAST["low"][1], ref) < 0.75 * GLANDULAR_STEP
+    assert mass_peak(1.5, 25.0) > mass_peak(1.5, 10.0)
+
+
+def test_high_density_masses_outshine_normal_tissue_low_density_do_not() -> None:
+    shares: dict[str, list[float]] = {"high": [], "low": []}
+    for seed, index, f in _masses(range(1, 8)):
+        d = f.descriptors["density"]
+        if d not in shares or len(shares[d]) >= 12:
+            continue
+        for view in f.seen_in:
+            got = mass_core_share(seed, index, f, view)
+            if got is not None:
+                shares[d].append(got[0])
+        if all(len(v) >= 12 for v in shares.values()):
+            break
+    high, low = np.array(shares["high"]), np.array(shares["low"])
+    assert len(high) >= 10 and len(low) >= 10, shares
+    assert high.mean() > 0.75 and (high > 0.5).mean() >= 0.8, shares
+    assert low.mean() < 0.35 and (low > 0.5).mean() <= 0.25, shares
+
+
+def test_fat_containing_masses_have_a_darker_centre_than_their_rim() -> None:
+    checked = 0
+    for seed, index, f in _masses(range(1, 6)):
+        if f.descriptors["density"] != "fat_containing":
+            continue
+        assert f.birads == "2"
+        breasts, models, _ = sample_study(seed, index)
+        for view in f.seen_in:
+            grid = GRIDS["small"]
+            one = render_view(models[f.laterality], view, [f], grid)
+            empty = render_view(models[f.laterality], view, [], grid)
+            x0, y0, x1, y1 = one.boxes[f.id]
+            c = (one.image - empty.image)[y0:y1, x0:x1]
+            img = one.image[y0:y1, x0:x1]
+            h, w = c.shape
+            centre = (slice(h // 2 - h // 6, h // 2 + h // 6 + 1), slice(w // 2 - w // 6, w // 2 + w // 6 + 1))
+            rim = c > 0.5 * c.max()
+            # Radiolucent: the centre adds at most the capsule's front and back walls.
+            assert c[centre].mean() < 0.3 * c.max(), (seed, index, view)
+            assert img[rim].mean() > img[centre].mean() + 0.02, (seed, index, view)
+            # Never takes a pixel below fat (plus muscle): the floor, the background 0.03 and
+            # the noise (at most 0.011, the same in both renders).
+            floor = tissue_floor(models[f.laterality].shape(view), grid.spacing_mm,
+                                 (np.arange(grid.rows) + 0.5) * grid.spacing_mm,
+                                 (np.arange(grid.cols) + 0.5) * grid.spacing_mm)
+            floor = (floor[:, ::-1] if f.laterality == "R" else floor)[y0:y1, x0:x1]
+            background = empty.image[y0:y1, x0:x1]
+            assert (c >= np.minimum(0.0, floor + 0.03 - background) - 0.011).all(), (seed, index, view)
+            checked += 1
+        study = generate_study(seed, index)
+        (label,) = [x for x in study.labels["breasts"][f.laterality]["findings"] if x["id"] == f.id]
+        assert label["density"] == "fat_containing" and label["birads"] == "2"
+        assert "fat-containing mass" in study.report
+        if checked >= 6:
+            break
+    assert checked >= 4
+
+
+def test_per_view_birads_of_a_one_view_asymmetry(tmp_path: Path) -> None:
+    for index in range(N_STUDIES):
+        breasts = sample_labels(SEED, index)
+        lone = [f for b in breasts.values() for f in b.findings
+                if f.kind == "asymmetry" and f.descriptors["subtype"] == "asymmetry"]
+        if lone:
+            break
+    else:
+        pytest.fail("no one-view asymmetry in the block")
+    f = lone[0]
+    study = generate_study(SEED, index)
+    side, (seen,) = f.laterality, f.seen_in
+    other = "MLO" if seen == "CC" else "CC"
+    views, breast = study.labels["views"], study.labels["breasts"][side]
+    assert breast["birads"] == "0"                                    # the breast keeps its category
+    assert views[f"{side}-{seen}"]["birads"] == "0"
+    rest = [x["birads"] for x in breast["findings"] if f"{side}-{other}" in x["visible_in"]]
+    assert views[f"{side}-{other}"]["birads"] == worst_birads(rest) != "0"
+    write_study(study, tmp_path)
+    records = {f"{r.laterality}-{r.view}": r for r in study_records(tmp_path)}
+    assert records[f"{side}-{seen}"].birads == 0 and records[f"{side}-{other}"].birads != 0
+
+
+def test_per_view_birads_is_the_worst_visible_finding(studies: list[PhantomStudy]) -> None:
+    for study in studies:
+        for key, view in study.labels["views"].items():
+            breast = study.labels["breasts"][key[0]]
+            assert view["birads"] == worst_birads([f["birads"] for f in breast["findings"] if key in f["visible_in"]])
+            assert birads_rank_le(view["birads"], breast["birads"])
+
+
+def birads_rank_le(a: str, b: str) -> bool:
+    return BIRADS_ORDER.index(a) <= BIRADS_ORDER.index(b)
+
+
+def test_records_fall_back_to_the_breast_category_without_per_view_birads(tmp_path: Path) -> None:
+    write_study(generate_study(SEED, 3), tmp_path)
+    path = tmp_path / "labels.json"
+    labels = json.loads(path.read_text())
+    for view in labels["views"].values():
+        del view["birads"]
+    path.write_text(json.dumps(labels))
+    from models.labels import birads_index
+    for r in study_records(tmp_path):
+        assert r.birads == birads_index(labels["breasts"][r.laterality]["birads"])
+
+
+def test_phantom_version_in_labels_dicom_and_cache_name(tmp_path: Path) -> None:
+    assert PHANTOM_VERSION == 2
+    study = generate_study(SEED, 0)
+    assert study.labels["phantom_version"] == PHANTOM_VERSION
+    assert study.views["R-CC"].SoftwareVersions == f"phantom-{PHANTOM_VERSION}"
+    assert phantom_cache_name(6, 3, "small") == f"phantoms-v{PHANTOM_VERSION}-3-6-small"
+    stale = tmp_path / "phantoms-3-1-small"          # a version-1 cache folder is not reused
+    stale.mkdir()
+    root = ensure_phantoms(tmp_path, 1, 3, "small")
+    assert root.name == f"phantoms-v{PHANTOM_VERSION}-3-1-small" and root != stale
+    labels = json.loads((root / "study-0000" / "labels.json").read_text())
+    assert labels["phantom_version"] == PHANTOM_VERSION and "birads" in labels["views"]["L-CC"]
+
+
+def test_calcification_recipes_follow_the_birads_atlas() -> None:
+    """Sizes and group counts of the particle table against the BI-RADS Atlas 5th ed."""
+    diam = {m: spec[1] for m, spec in _CALC.items()}
+    assert diam["punctate"][1] < 0.5 and diam["round"][0] >= 0.5
+    assert 0.5 <= diam["coarse_heterogeneous"][0] and diam["coarse_heterogeneous"][1] <= 1.0
+    assert diam["fine_pleomorphic"][1] < 0.5 and diam["fine_linear_branching"][1] < 0.5
+    for morph, (counts, _, _, _) in _CALC.items():
+        if "grouped" in counts and morph != "coarse":   # a coarse "popcorn" clump is drawn as 5 particles
+            assert counts["grouped"][0] >= 5, morph
 
 
 # ----------------------------------------------------------------------------- report
@@ -528,3 +775,33 @@ def test_replace_keeps_options_frozen() -> None:
         options.size = "full"  # type: ignore[misc]
     assert replace(options, size="full").content_key() != options.content_key()
     assert replace(options, transfer_syntax="rle").content_key() == options.content_key()
+
+
+# ----------------------------------------------------------------------------- measurement (docs)
+
+def mass_core_table(seeds: range, n: int = 40) -> str:
+    """The docs/phantom.md calibration table: mean share of mass-core pixels above the normal
+    tissue's 95th percentile (mass_core_share), per mass density and ACR class (views counted
+    one by one)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for seed, index, f in _masses(seeds, n):
+        for view in f.seen_in:
+            got = mass_core_share(seed, index, f, view)
+            if got is None:
+                continue
+            share, acr = got
+            for key in ((f.descriptors["density"], acr), (f.descriptors["density"], "all"), ("all", acr), ("all", "all")):
+                groups.setdefault(key, []).append(share)
+    lines = ["| mass density | A | B | C | D | all |", "|---|---|---|---|---|---|"]
+    for density in (*MASS_DENSITIES, "all"):
+        cells = [f"{np.mean(v):.2f} ({len(v)})" if (v := groups.get((density, acr))) else "–"
+                 for acr in ("A", "B", "C", "D", "all")]
+        lines.append(f"| {density} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tests.training.test_phantom [studies per seed] [seeds]
+    import sys
+
+    print(mass_core_table(range(1, 1 + (int(sys.argv[2]) if len(sys.argv) > 2 else 1)),
+                          int(sys.argv[1]) if len(sys.argv) > 1 else 40))

@@ -11,6 +11,10 @@ Columns (header required; order free):
     density     A-D or 1-4; empty = unlabelled
     findings    ';'-separated FINDING_CLASSES names; empty = none present; '-' or no column = unlabelled
     split       optional: train | val | test (also training/validation); empty = assign later
+    boxes       optional lesion boxes in source pixels, ';'-separated, each
+                "<finding>:x0,y0,x1,y1[:birads]" (a quoted CSV cell), e.g. "Mass:120,340,180,410:4;Suspicious
+                Calcification:50,60,70,90"; empty = none; '-' or no column = not annotated
+                (a CBIS-DDSM ROI mask becomes the box around its nonzero pixels)
 
 Unknown finding names, lateralities or splits are errors with the line number: a silently
 dropped label is a wrong label.
@@ -21,7 +25,7 @@ import csv
 from pathlib import Path
 
 from models.labels import birads_index, density_index, finding_index
-from training.data.records import ImageRecord
+from training.data.records import ImageRecord, LesionBox
 
 REQUIRED = ("path", "study", "laterality", "view")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -40,6 +44,27 @@ def _findings(text: str | None, where: str) -> tuple[int, ...] | None:
             raise ValueError(f"{where}: unknown finding {name!r}")
         out.add(index)
     return tuple(sorted(out))
+
+
+def _boxes(text: str | None, where: str) -> tuple[LesionBox, ...] | None:
+    if text is None or text.strip() == "-":
+        return None
+    out = []
+    for item in (i.strip() for i in text.split(";")):
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"{where}: a box is '<finding>:x0,y0,x1,y1[:birads]', not {item!r}")
+        finding = finding_index(parts[0])
+        if finding is None:
+            raise ValueError(f"{where}: unknown finding {parts[0]!r} in a box")
+        try:
+            x0, y0, x1, y1 = (float(v) for v in parts[1].split(","))
+            out.append(LesionBox(finding, x0, y0, x1, y1, birads_index(parts[2]) if len(parts) == 3 else None))
+        except ValueError as exc:
+            raise ValueError(f"{where}: bad box {item!r} ({exc})") from None
+    return tuple(out)
 
 
 def manifest_records(csv_path: Path) -> list[ImageRecord]:
@@ -69,5 +94,6 @@ def manifest_records(csv_path: Path) -> list[ImageRecord]:
                 birads=birads_index((row.get("birads") or "").strip() or None),
                 density=density_index((row.get("density") or "").strip() or None),
                 findings=_findings(row.get("findings"), where),
-                split=_SPLIT_ALIASES[split_text]))
+                split=_SPLIT_ALIASES[split_text],
+                boxes=_boxes(row.get("boxes"), where)))
     return records

@@ -22,6 +22,7 @@ import pydicom
 
 from training.data.phantom_anatomy import (
     GRIDS,
+    MLO_THICKNESS_SCALE,
     BreastModel,
     PixelGrid,
     ViewRender,
@@ -38,8 +39,14 @@ from training.data.phantom_dicom import (
     phantom_uid,
     quantize,
 )
-from training.data.phantom_labels import BreastLabels, Finding, birads_rank, sample_labels
+from training.data.phantom_labels import BreastLabels, Finding, birads_rank, sample_labels, worst_birads
 from training.data.phantom_report import make_report
+
+# Version of the generator's output. The same (seed, index, options) give byte-identical
+# files within one version; a new version changes pixels or labels. 1: the first generator;
+# 2: mass density descriptors calibrated to the glandular step, fat-containing masses,
+# per-view BI-RADS, margins and spicules at physical scale (docs/phantom.md).
+PHANTOM_VERSION = 2
 
 VIEW_KEYS = ("R-CC", "R-MLO", "L-CC", "L-MLO")
 SIZES = tuple(GRIDS)
@@ -65,11 +72,12 @@ class PhantomOptions:
                 f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, not {self.transfer_syntax!r}")
 
     def content_key(self) -> str:
-        """Options that change the stored content (hence the Series/SOP Instance UIDs).
+        """Options that change the stored content (hence the Series/SOP Instance UIDs), with
+        the phantom version, whose pixels differ from the previous version's.
 
         The transfer syntax is not among them: a lossless re-encoding is the same instance.
         """
-        return (f"{self.size}|m1={int(self.monochrome1)}|lat={self.laterality_attr}"
+        return (f"v{PHANTOM_VERSION}|{self.size}|m1={int(self.monochrome1)}|lat={self.laterality_attr}"
                 f"|vc={int(self.view_codes)}|proc={int(self.for_processing)}")
 
 
@@ -101,6 +109,7 @@ def _study_info(seed: int, index: int, options: PhantomOptions, rng: np.random.G
         study_time=f"{minutes // 60:02d}{minutes % 60:02d}00",
         birth_date=birth.strftime("%Y%m%d"),
         age_years=age,
+        software_version=f"phantom-{PHANTOM_VERSION}",
     )
 
 
@@ -143,15 +152,23 @@ def _spot_view(render: ViewRender, target: Finding | None) -> tuple[np.ndarray, 
     return render.image[y0:y0 + h, x0:x0 + w], (x0, y0, x0 + w, y0 + h)
 
 
+def sample_study(seed: int, index: int) -> tuple[dict[str, BreastLabels], dict[str, BreastModel], np.random.Generator]:
+    """Labels and breast models of study (seed, index), and the study's generator, which the
+    patient identity draws from next. Lets a caller render single views (tests, measurements)."""
+    breasts = sample_labels(seed, index)
+    rng = np.random.default_rng([seed, index, 0xA7A])
+    mlo_angle = float(rng.uniform(40.0, 55.0))
+    models = {s: sample_breast(rng, breasts[s], mlo_angle) for s in ("R", "L")}
+    return breasts, models, rng
+
+
 def generate_study(seed: int, index: int, options: PhantomOptions = PhantomOptions()) -> PhantomStudy:
     """One phantom study: four views (plus extras), labels and report, from (seed, index)."""
     if seed < 0 or index < 0:
         raise ValueError("seed and index must be non-negative integers")
     grid: PixelGrid = GRIDS[options.size]
-    breasts: dict[str, BreastLabels] = sample_labels(seed, index)
-    rng = np.random.default_rng([seed, index, 0xA7A])
-    mlo_angle = float(rng.uniform(40.0, 55.0))
-    models: dict[str, BreastModel] = {s: sample_breast(rng, breasts[s], mlo_angle) for s in ("R", "L")}
+    breasts, models, rng = sample_study(seed, index)
+    mlo_angle = models["R"].mlo_angle_deg
     info = _study_info(seed, index, options, rng)
 
     images: dict[str, tuple[np.ndarray, ImageInfo]] = {}
@@ -166,7 +183,7 @@ def generate_study(seed: int, index: int, options: PhantomOptions = PhantomOptio
                 f.boxes[key] = render.boxes[f.id]
         angle = 0.0 if view == "CC" else (mlo_angle if side == "R" else -mlo_angle)
         images[key] = (render.image, _image_info(seed, index, options, key, view, number, model, angle,
-                                                 thickness_scale=0.95 if view == "MLO" else 1.0))
+                                                 thickness_scale=MLO_THICKNESS_SCALE if view == "MLO" else 1.0))
     for side in ("R", "L"):
         breasts[side].dense_fraction = float(np.mean([renders[f"{side}-CC"].dense_fraction,
                                                       renders[f"{side}-MLO"].dense_fraction]))
@@ -202,9 +219,11 @@ def generate_study(seed: int, index: int, options: PhantomOptions = PhantomOptio
         ds = datasets[key]
         return {"sop_instance_uid": str(ds.SOPInstanceUID), "file": f"{key}.dcm",
                 "laterality": key[0], "view": images[key][1].view,
-                "modifiers": list(images[key][1].modifiers), "rows": int(ds.Rows), "columns": int(ds.Columns)}
+                "modifiers": list(images[key][1].modifiers), "rows": int(ds.Rows), "columns": int(ds.Columns),
+                "birads": view_birads(breasts[key[0]], key)}
 
     labels: dict[str, Any] = {
+        "phantom_version": PHANTOM_VERSION,
         "study_uid": info.study_uid,
         "patient_id": info.patient_id,
         "accession_number": info.accession_number,
@@ -225,6 +244,19 @@ def generate_study(seed: int, index: int, options: PhantomOptions = PhantomOptio
         views={k: datasets[k] for k in VIEW_KEYS},
         extras={k: v for k, v in datasets.items() if k not in VIEW_KEYS},
     )
+
+
+def view_birads(breast: BreastLabels, key: str) -> str:
+    """Worst category of the breast's findings that image ``key`` shows ("1" when none).
+
+    A one-view asymmetry (BI-RADS 0) is in only one of the breast's standard views, so the
+    other view's category does not claim it. Standard views follow ``visible_in``; extra views
+    (spot, XCCL) show the findings they have a box for.
+    """
+    if key in VIEW_KEYS:
+        view = key.split("-")[1]
+        return worst_birads([f.birads for f in breast.findings if view in f.seen_in])
+    return worst_birads([f.birads for f in breast.findings if key in f.boxes])
 
 
 def write_study(study: PhantomStudy, directory: Path) -> Path:

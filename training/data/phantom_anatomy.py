@@ -36,6 +36,18 @@ _FIELD_MM = (240.0, 200.0)           # rows (y) x cols (x)
 _GLAND_CELL_MM = (0.5, 0.8)          # coarser along x: parenchyma streaks toward the nipple
 _BACKGROUND = 0.03
 
+# Tissue attenuation per unit of the thickness profile, in the image's for-presentation-like
+# units (0 = air, 1 = full scale). The lesions are calibrated against these steps (see
+# docs/phantom.md, "Calibration and sources (version 2)").
+FAT_ATTENUATION = 0.26      # adipose tissue: the floor a radiolucent (fat-containing) lesion cannot go below
+GLANDULAR_STEP = 0.30       # fully fibroglandular tissue above fat: "fibroglandular density" in the image
+PECTORAL_STEP = 0.17        # pectoral muscle above the breast tissue it overlies
+MLO_THICKNESS_SCALE = 0.95  # the MLO view compresses the breast a little thinner than the CC
+SKIN_FALLOFF_MM = 14.0      # the projected thickness falls off (sqrt profile) over this rim toward the skin
+# Power-law exponent of the parenchyma (1/f^beta); mammographic backgrounds measure beta ~ 3
+# (Burgess, Jacobson & Judy, Med Phys 2001;28:419-437).
+PARENCHYMA_BETA = 3.0
+
 
 @dataclass(frozen=True)
 class PixelGrid:
@@ -223,7 +235,7 @@ def _glandular_map(model: BreastModel, shape: BreastShape, rng: np.random.Genera
     ny, nx = int(_FIELD_MM[0] / _GLAND_CELL_MM[0]), int(_FIELD_MM[1] / _GLAND_CELL_MM[1])
     ys = (np.arange(ny) + 0.5) * _GLAND_CELL_MM[0]
     xs = (np.arange(nx) + 0.5) * _GLAND_CELL_MM[1]
-    field = _power_law_field(rng, (ny, nx), _GLAND_CELL_MM, beta=3.0, lo_mm=60.0, hi_mm=2.5)
+    field = _power_law_field(rng, (ny, nx), _GLAND_CELL_MM, beta=PARENCHYMA_BETA, lo_mm=60.0, hi_mm=2.5)
     dist = _skin_distance(shape, ys, xs)
     inside = dist > 0
     pect = _pectoral(shape, ys, xs, 1.0)
@@ -257,10 +269,28 @@ def _texture(model: BreastModel, shape: BreastShape, grid: PixelGrid, rng: np.ra
     xs = ((np.arange(n[1]) + 0.5) * cell[1]).astype(np.float32)
     gland = _resample(gland_c, _GLAND_CELL_MM, ys, xs)
     lig = _resample(lig_c, lig_cell, ys, xs)
-    tex = 0.26 + 0.30 * gland * np.clip(1.0 + 0.22 * fine, 0.4, 1.6) + 0.05 * lig * (1.0 - gland) + 0.008 * fine
+    tex = (FAT_ATTENUATION + GLANDULAR_STEP * gland * np.clip(1.0 + 0.22 * fine, 0.4, 1.6)
+           + 0.05 * lig * (1.0 - gland) + 0.008 * fine)
     region = (_skin_distance(shape, ys, xs) > 0) & (_pectoral(shape, ys, xs, 1.0) < 0.5)
     fraction = float(np.count_nonzero(gland[region] > 0.5) / max(1, np.count_nonzero(region)))
     return tex.astype(np.float32), cell, fraction
+
+
+def thickness_profile(dist: np.ndarray) -> np.ndarray:
+    """Relative projected thickness (1 inside, a sqrt fall-off over the outer rim to the skin)."""
+    return np.sqrt(np.clip(dist * np.float32(1.0 / SKIN_FALLOFF_MM), 0.0, 1.0))
+
+
+def tissue_floor(shape: BreastShape, ps: float, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Attenuation of the anatomy with every glandular element replaced by fat (fat plus the
+    pectoral muscle), at mm coordinates ys x xs: the darkest a radiolucent lesion can make a
+    pixel, because it displaces breast tissue but not the muscle in front of or behind it."""
+    dist = _skin_distance(shape, ys.astype(np.float32), xs.astype(np.float32))
+    thick = thickness_profile(dist)
+    floor = FAT_ATTENUATION * thick
+    if shape.pectoral is not None:
+        floor = floor + PECTORAL_STEP * _pectoral(shape, ys, xs, max(0.8, ps)) * thick
+    return (floor * np.clip(dist * np.float32(1.0 / ps) + 0.5, 0.0, 1.0)).astype(np.float32)
 
 
 def render_anatomy(
@@ -285,7 +315,7 @@ def render_anatomy(
     else:
         sub = _resample(tex, cell, ys, xs)
     breast = np.clip(dist * np.float32(1.0 / ps) + 0.5, 0.0, 1.0)    # anti-aliased edge
-    thick = np.sqrt(np.clip(dist * np.float32(1.0 / 14.0), 0.0, 1.0))
+    thick = thickness_profile(dist)
     skin = np.clip(1.0 - (dist * np.float32(1.0 / 2.2)) ** 2, 0.0, 1.0)
     skin *= skin
     att_sub = thick * sub
@@ -296,7 +326,7 @@ def render_anatomy(
         pr = min(grid.rows, int(math.ceil(shape.pectoral[1] * 1.5 / ps)))
         pc = min(ncols, int(math.ceil(shape.pectoral[0] * 1.5 / ps)))
         pect = _pectoral(shape, ys[:pr], xs[:pc], max(0.8, ps))
-        att_sub[:pr, :pc] += 0.17 * pect * thick[:pr, :pc]
+        att_sub[:pr, :pc] += PECTORAL_STEP * pect * thick[:pr, :pc]
         pmask[:pr, :pc] = (pect > 0.5) & mask[:pr, :pc]
     att_sub *= breast
     att = np.zeros((grid.rows, grid.cols), np.float32)

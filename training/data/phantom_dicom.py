@@ -51,10 +51,9 @@ VIEW_MODIFIER_CODES: dict[str, Code] = {
 }
 BREAST = codes.SCT.Breast
 
-_UID_ROOT = "mammo-node phantom v1"
+_UID_ROOT = "mammo-node phantom v1"   # the UID naming scheme; the phantom version enters via content_key
 MANUFACTURER = "mammo-node"
 MODEL_NAME = "mammo-node phantom"
-SOFTWARE_VERSION = "phantom-1"
 
 
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mammo-node:phantom")
@@ -84,6 +83,7 @@ class StudyInfo:
     study_time: str
     birth_date: str
     age_years: int
+    software_version: str         # "phantom-<PHANTOM_VERSION>"
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def build_dataset(
     ds.PatientAge = f"{study.age_years:03d}Y"
     # Equipment / acquisition
     ds.BodyPartExamined = "BREAST"
-    ds.SoftwareVersions = SOFTWARE_VERSION
+    ds.SoftwareVersions = study.software_version
     ds.DeviceSerialNumber = "PHANTOM-0001"
     ds.BodyPartThickness = f"{image.thickness_mm:.1f}"
     ds.CompressionForce = f"{image.compression_n:.1f}"

@@ -8,7 +8,8 @@ Severity order, least to most: 1 < 2 < 3 < 0 < 4A < 4B < 4C < 5 ("0" ranks above
 because an unresolved asymmetry must be worked up before a probably-benign call, but
 below any suspicious finding, which goes to biopsy regardless).
 
-* mass
+* mass (a fat-containing mass is characteristically benign whatever else it shows)
+    - density "fat_containing" (oval/round, circumscribed)     -> 2
     - oval/round + circumscribed                              -> 3
     - oval/round + obscured or microlobulated                 -> 4A
     - oval/round + indistinct                                 -> 4B
@@ -32,6 +33,11 @@ below any suspicious finding, which goes to biopsy regardless).
   associated mass, calcification or distortion)               -> 3
 
 Category 6 (known cancer) is never used: these are screening exams.
+
+Every mass also carries the BI-RADS mass *density* descriptor ("high", "equal", "low",
+"fat_containing"). Apart from the fat-containing rule above it does not change the category;
+it is sampled from frequencies that depend on the category the shape and margin give
+(``MASS_DENSITY_FREQ``, derived in docs/phantom.md "Calibration and sources (version 2)").
 """
 from __future__ import annotations
 
@@ -67,6 +73,29 @@ CLOCKS: dict[str, dict[str, tuple[int, ...]]] = {
 
 MASS_SHAPES = ("oval", "round", "irregular")
 MASS_MARGINS = ("circumscribed", "obscured", "microlobulated", "indistinct", "spiculated")
+MASS_DENSITIES = ("high", "equal", "low", "fat_containing")
+# Mass density given malignancy. Cancers: 70 % denser than fibroglandular tissue, 28 % equal,
+# 2 % less dense (the figures cited for Cory & Linden, AJR 1993;160:418-419; the paper itself
+# could not be checked). Benign biopsied masses: the share of
+# high density that reproduces Woods et al. (Radiology 2011;258:417-425: 70.2 % of high-density
+# and 22.3 % of iso- or low-density masses malignant, i.e. an odds ratio of 8.2) with the cancer
+# share above: 22 %; the rest split 2:1 equal:low (benign masses are usually isodense or less
+# dense; no published split was found, see docs/phantom.md).
+_DENSITY_GIVEN_MALIGNANT = {"high": 0.70, "equal": 0.28, "low": 0.02}
+_DENSITY_GIVEN_BENIGN = {"high": 0.22, "equal": 0.52, "low": 0.26}
+# Likelihood of malignancy per category: the middle of the ACR BI-RADS Atlas 5th ed. ranges
+# (3: <=2 %, 4A: >2-10 %, 4B: >10-50 %, 4C: >50-<95 %, 5: >=95 %).
+_MALIGNANCY = {"3": 0.01, "4A": 0.06, "4B": 0.30, "4C": 0.725, "5": 0.975}
+
+
+def _mass_density_freq(p_malignant: float) -> dict[str, float]:
+    """P(density | category) = p * P(density | malignant) + (1 - p) * P(density | benign)."""
+    return {k: p_malignant * _DENSITY_GIVEN_MALIGNANT[k] + (1.0 - p_malignant) * _DENSITY_GIVEN_BENIGN[k]
+            for k in _DENSITY_GIVEN_MALIGNANT}
+
+
+MASS_DENSITY_FREQ: dict[str, dict[str, float]] = {c: _mass_density_freq(p) for c, p in _MALIGNANCY.items()}
+
 CALC_MORPHOLOGIES = (
     "round", "coarse", "punctate", "amorphous", "coarse_heterogeneous",
     "fine_pleomorphic", "fine_linear_branching",
@@ -142,6 +171,8 @@ class Finding:
 def finding_birads(kind: str, d: dict[str, str]) -> str:
     """Apply the per-finding rules of the module docstring."""
     if kind == "mass":
+        if d.get("density") == "fat_containing":
+            return "2"
         shape, margin = d["shape"], d["margin"]
         if shape == "irregular":
             return {"spiculated": "5", "indistinct": "4C"}.get(margin, "4B")
@@ -174,7 +205,8 @@ def finding_birads(kind: str, d: dict[str, str]) -> str:
 _RECIPES: dict[str, list[tuple[str, dict[str, str]]]] = {
     "2": [("calcification", {"morphology": m, "distribution": d})
           for m in ("round", "coarse") for d in ("diffuse", "regional", "grouped")]
-    + [("calcification", {"morphology": "punctate", "distribution": d}) for d in ("diffuse", "regional")],
+    + [("calcification", {"morphology": "punctate", "distribution": d}) for d in ("diffuse", "regional")]
+    + [("mass", {"shape": s, "margin": "circumscribed", "density": "fat_containing"}) for s in ("oval", "round")],
     "3": [("mass", {"shape": s, "margin": "circumscribed"}) for s in ("oval", "oval", "round")]
     + [("calcification", {"morphology": "punctate", "distribution": "grouped"}),
        ("asymmetry", {"subtype": "focal_asymmetry"})],
@@ -264,9 +296,19 @@ def _make_finding(
     seen: tuple[str, ...] = ("CC", "MLO")
     if kind == "asymmetry" and d["subtype"] == "asymmetry":
         seen = (str(rng.choice(("CC", "MLO"))),)
-    return Finding(id=fid, laterality=laterality, kind=kind, descriptors=dict(d), location=loc,
-                   size_mm=size, u=u, r=r, angle_deg=angle,
-                   seed=int(rng.integers(0, 2**31 - 1)), seen_in=seen)
+    seed = int(rng.integers(0, 2**31 - 1))
+    descriptors = dict(d)
+    if kind == "mass" and "density" not in descriptors:
+        descriptors["density"] = sample_mass_density(rng, finding_birads(kind, descriptors))
+    return Finding(id=fid, laterality=laterality, kind=kind, descriptors=descriptors, location=loc,
+                   size_mm=size, u=u, r=r, angle_deg=angle, seed=seed, seen_in=seen)
+
+
+def sample_mass_density(rng: np.random.Generator, category: str) -> str:
+    """A BI-RADS mass density for a (non-fat) mass of that category, from MASS_DENSITY_FREQ."""
+    freq = MASS_DENSITY_FREQ[category]
+    names = tuple(freq)
+    return str(rng.choice(names, p=np.array([freq[k] for k in names]) / sum(freq.values())))
 
 
 @dataclass

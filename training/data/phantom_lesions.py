@@ -9,7 +9,10 @@ lands at geometrically consistent positions (same distance from the nipple, vert
 according to its clock position) in the CC and the MLO.
 
 Boxes are taken from the drawn contribution itself ([x0, y0, x1, y1], pixel edges, x1/y1
-exclusive), so they always enclose what was drawn and lie inside the breast.
+exclusive), so they always enclose what was drawn and lie inside the breast; a mass's box is
+the extent of its own attenuation, because the tissue it displaces can cancel its net
+contribution. Mass contrast is set against the anatomy's glandular step by the BI-RADS mass
+density descriptor (docs/phantom.md, "Calibration and sources (version 2)").
 """
 from __future__ import annotations
 
@@ -19,7 +22,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from training.data.phantom_anatomy import BreastModel, BreastShape, PixelGrid
+from training.data.phantom_anatomy import (
+    GLANDULAR_STEP,
+    MLO_THICKNESS_SCALE,
+    PARENCHYMA_BETA,
+    BreastModel,
+    BreastShape,
+    PixelGrid,
+    tissue_floor,
+)
 from training.data.phantom_labels import Finding, lateral_superior
 
 Projector = Callable[[np.ndarray], np.ndarray]  # (n, 3) [a, lat, sup] mm -> (n, 2) [dx, dy] mm
@@ -92,16 +103,18 @@ class _Canvas:
         dy = ((np.arange(i0, i1) + self.i0 + 0.5) * self.ps - cy).astype(np.float32)[:, None]
         return (slice(i0, i1), slice(j0, j1)), dx, dy
 
-    def commit(self, threshold: float) -> list[int] | None:
-        """Add the contribution (inside the breast only) and return its box."""
+    def commit(self, threshold: float, support: np.ndarray | None = None) -> list[int] | None:
+        """Add the contribution (inside the breast only) and return its box: where ``support``
+        (the lesion's own extent; the contribution itself when None) exceeds threshold x peak."""
         h, w = self.val.shape
         window = (slice(self.i0, self.i0 + h), slice(self.j0, self.j0 + w))
         self.val *= self.mask[window]
         self.att[window] += self.val
-        peak = float(self.val.max()) if self.val.size else 0.0
+        extent = self.val if support is None else support * self.mask[window]
+        peak = float(extent.max()) if extent.size else 0.0
         if peak <= 0:
             return None
-        ys, xs = np.nonzero(self.val > threshold * peak)
+        ys, xs = np.nonzero(extent > threshold * peak)
         return [int(xs.min() + self.j0), int(ys.min() + self.i0),
                 int(xs.max() + self.j0 + 1), int(ys.max() + self.i0 + 1)]
 
@@ -152,27 +165,101 @@ def _unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _draw_mass(att, mask, ps, cx, cy, f: Finding, proj: Projector, view: str) -> list[int] | None:
-    rng = np.random.default_rng([f.seed, 1])
-    view_rng = np.random.default_rng([f.seed, 2, ("CC", "MLO").index(view)])
+# ----------------------------------------------------------------------------- masses
+# Calibration and sources: docs/phantom.md, "Calibration and sources (version 2)".
+#
+# A mass's own projected attenuation at its centre, relative to GLANDULAR_STEP, for a mass of
+# the reference diameter, per BI-RADS mass density ("density of the mass relative to an equal
+# volume of fibroglandular tissue"). Equal: within the parenchyma's own +-22 % texture
+# modulation; high: clearly above it, at most ~2x because fibroglandular tissue, whose
+# attenuation is close to a carcinoma's, rarely fills more than half of a ray (Nelson et al.,
+# Med Phys 2008;35:1078; Yaffe et al., Med Phys 2009;36:5437); low: clearly below, still tissue.
+MASS_DENSITY_CONTRAST: dict[str, tuple[float, float]] = {
+    "high": (1.3, 2.0), "equal": (0.85, 1.15), "low": (0.4, 0.7)}
+# An equal-size piece of parenchyma with a 1/f^beta spectrum has a projected contrast growing
+# as size^((beta-2)/2), so a mass keeps its density descriptor at every size with this law.
+MASS_REF_DIAMETER_MM = 15.0          # middle of the phantom's mass sizes (5-30 mm)
+MASS_CHORD_EXPONENT = (PARENCHYMA_BETA - 2.0) / 2.0
+# Fat-containing masses (lipoma, oil cyst): fat density inside a thin water-density capsule.
+CAPSULE_MM = (0.5, 1.0)
+# Margins at physical scale (BI-RADS Atlas 5th ed.): circumscribed = abrupt transition;
+# indistinct = no clear demarcation; microlobulated = short-cycle undulations of a few mm;
+# obscured = more than 25 % of the margin hidden by superimposed tissue. MARGIN_EDGE_MM is the
+# edge's tanh scale (the 10-90 % rise spans 4.4 x it), the version-1 values at a 20 mm mass.
+# Microlobules: six random harmonics of 2-4 mm wavelength along the margin, each 15-45 % of a
+# 0.4-0.8 mm depth.
+MARGIN_EDGE_MM = {"circumscribed": 0.3, "obscured": 0.3, "microlobulated": 0.5, "spiculated": 1.2, "indistinct": 2.2}
+MICROLOBULE_WAVELENGTH_MM = (2.0, 4.0)
+MICROLOBULE_DEPTH_MM = (0.4, 0.8)
+OBSCURED_FRACTION = (0.3, 0.5)       # share of the margin hidden
+OBSCURED_EDGE_MM = 3.0
+OBSCURING_VEIL = 0.07                # superimposed fibroglandular strand (about a quarter step)
+# Spicules: maximum length beyond the tumour margin 9.5 +- 5.1 mm (Tuomainen et al., Radiol
+# Oncol 2025;59:168-175); each spicule 30-100 % of that. Base width (Gaussian half-width)
+# 0.09 x radius within 0.5-1.4 mm, tapering, kept from version 1 (no measurement found).
+SPICULE_MAX_MM = (9.5, 5.1, 3.0, 20.0)   # mean, sd, clip low, clip high
+SPICULE_WIDTH_MM = (0.5, 1.4)
+SPICULE_CONTRAST = 0.3               # x GLANDULAR_STEP: a fibrous strand about 1 mm across
+
+
+def mass_peak(contrast_ratio: float, beam_diameter_mm: float) -> float:
+    """Own projected attenuation at the centre of a mass of that diameter along the beam whose
+    density is ``contrast_ratio`` x that of an equal volume of fibroglandular tissue."""
+    scale = (beam_diameter_mm / MASS_REF_DIAMETER_MM) ** MASS_CHORD_EXPONENT
+    return GLANDULAR_STEP * contrast_ratio * scale
+
+
+def _mass_outline(f: Finding, rng: np.random.Generator, view_rng: np.random.Generator,
+                  ) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+    """Axis ratio, orientation and boundary harmonics (k, amplitude, phase) of one view."""
     shape_d, margin = f.descriptors["shape"], f.descriptors["margin"]
     radius = f.size_mm / 2.0
-    ratio = {"round": rng.uniform(0.88, 1.0), "oval": rng.uniform(0.55, 0.8)}.get(shape_d, rng.uniform(0.65, 0.9))
-    orient = view_rng.uniform(0, math.pi)
+    ratio = {"round": (0.88, 1.0), "oval": (0.55, 0.8)}.get(shape_d, (0.65, 0.9))
+    ratio = float(rng.uniform(*ratio))
+    orient = float(view_rng.uniform(0, math.pi))
     if shape_d == "irregular":
         ks = np.arange(2, 7)
         amps = view_rng.uniform(0.05, 0.13, ks.size)
     elif margin == "microlobulated":
-        ks = np.array([int(rng.integers(9, 15)), 3])
-        amps = np.array([0.06, 0.02])
+        # Random harmonics whose wavelengths along the margin span the undulation range,
+        # so the lobules are short-cycle but irregular.
+        lo, hi = MICROLOBULE_WAVELENGTH_MM
+        k_lo = max(6, int(round(2 * math.pi * radius / hi)))
+        k_hi = max(k_lo + 5, int(round(2 * math.pi * radius / lo)))
+        ks = np.concatenate([np.sort(rng.choice(np.arange(k_lo, k_hi + 1), 6, replace=False)), [3]])
+        depth = rng.uniform(*MICROLOBULE_DEPTH_MM) / radius
+        amps = np.concatenate([depth * rng.uniform(0.15, 0.45, 6), [0.02]])
     else:
         ks, amps = np.array([3]), np.array([0.02])
     phases = view_rng.uniform(0, 2 * math.pi, ks.size)
-    spic = np.zeros((0, 2))
-    if margin == "spiculated":
-        dirs = _unit_vectors(rng, int(rng.integers(12, 24)))
-        lengths = radius * rng.uniform(0.9, 2.2, len(dirs))
-        spic = proj(dirs * lengths[:, None])
+    return ratio, orient, ks, amps, phases
+
+
+def _spicules(f: Finding, rng: np.random.Generator, proj: Projector) -> np.ndarray:
+    """Projected spicule end points (mm from the centre); empty unless spiculated."""
+    if f.descriptors["margin"] != "spiculated":
+        return np.zeros((0, 2))
+    mean, sd, lo, hi = SPICULE_MAX_MM
+    longest = float(np.clip(rng.normal(mean, sd), lo, hi))
+    dirs = _unit_vectors(rng, int(rng.integers(12, 24)))
+    lengths = f.size_mm / 2.0 + longest * rng.uniform(0.3, 1.0, len(dirs))
+    return proj(dirs * lengths[:, None])
+
+
+def _draw_mass(att, mask, ps, cx, cy, f: Finding, proj: Projector, view: str,
+               shape: BreastShape, thickness_mm: float) -> list[int] | None:
+    """A mass: its own attenuation, set by its density descriptor against the glandular step,
+    in place of the tissue its chord displaces; a fat-containing mass is a fat-density centre
+    inside a thin capsule."""
+    rng = np.random.default_rng([f.seed, 1])
+    view_rng = np.random.default_rng([f.seed, 2, ("CC", "MLO").index(view)])
+    margin, density = f.descriptors["margin"], f.descriptors.get("density", "equal")
+    radius = f.size_mm / 2.0
+    ratio, orient, ks, amps, phases = _mass_outline(f, rng, view_rng)
+    spic = _spicules(f, rng, proj)
+    fat = density == "fat_containing"
+    contrast = 1.0 if fat else float(rng.uniform(*MASS_DENSITY_CONTRAST[density]))
+    capsule = float(rng.uniform(*CAPSULE_MM))
     reach = radius * (1.0 + amps.sum()) * 1.5 + (float(np.abs(spic).max()) if len(spic) else 0.0) + 3 * ps
     canvas = _Canvas.around(att, mask, ps, cx - reach, cy - reach, cx + reach, cy + reach)
     if canvas is None:
@@ -185,26 +272,48 @@ def _draw_mass(att, mask, ps, cx, cy, f: Finding, proj: Projector, view: str) ->
     for k, a, ph in zip(ks, amps, phases):
         rb = rb * (1.0 + a * np.cos(k * phi + ph))
     q = rr / rb
-    floor = 0.7 * ps / radius
-    ew = {"circumscribed": 0.03, "microlobulated": 0.05, "indistinct": 0.22, "spiculated": 0.12}.get(margin, 0.03)
-    ew = np.float32(max(ew, floor))
+    ew = np.float32(max(MARGIN_EDGE_MM[margin], 0.7 * ps) / radius)
     veil = None
-    if margin == "obscured":  # a sector of the margin hidden by overlapping tissue
+    if margin == "obscured":  # a sector of the margin hidden by superimposed tissue
         phi0 = view_rng.uniform(-math.pi, math.pi)
-        sector = np.exp(-((np.angle(np.exp(1j * (phi - phi0)))) / 0.9) ** 2)
-        ew = np.maximum(ew, 0.3 * sector).astype(np.float32)
+        width = math.pi * view_rng.uniform(*OBSCURED_FRACTION) / math.sqrt(math.log(2.0))
+        sector = np.exp(-((np.angle(np.exp(1j * (phi - phi0)))) / width) ** 2)
+        ew = np.maximum(ew, (OBSCURED_EDGE_MM / radius) * sector).astype(np.float32)
         ox, oy = radius * math.cos(phi0), radius * math.sin(phi0)
-        veil = 0.07 * np.exp(-((dx - ox) ** 2 + (dy - oy) ** 2) / (2 * (0.8 * radius) ** 2))
-    contrast = 0.17 + 0.08 * min(1.0, radius / 10.0)
+        veil = OBSCURING_VEIL * np.exp(-((dx - ox) ** 2 + (dy - oy) ** 2) / (2 * (0.8 * radius) ** 2))
+    beam_mm = f.size_mm * math.sqrt(ratio)          # diameter along the beam (third axis)
+    edge = 0.5 + 0.5 * np.tanh((1.0 - q) / (2.0 * ew))
     core = np.sqrt(np.clip(1.0 - q * q, 0.0, 1.0))
-    prof = (0.5 + 0.5 * np.tanh((1.0 - q) / (2.0 * ew))) * (0.5 + 0.5 * core)
-    canvas.val[sl] += contrast * prof
+    rows = slice(canvas.i0 + sl[0].start, canvas.i0 + sl[0].stop)
+    cols = slice(canvas.j0 + sl[1].start, canvas.j0 + sl[1].stop)
+    ys = (np.arange(rows.start, rows.stop) + 0.5) * ps
+    xs = (np.arange(cols.start, cols.stop) + 0.5) * ps
+    excess = np.maximum(att[rows, cols] - tissue_floor(shape, ps, ys, xs), 0.0)   # glandular part
+    equal_volume = mass_peak(1.0, beam_mm)             # an equal volume of fibroglandular tissue
+    support = np.zeros_like(canvas.val)                 # the mass's own extent, for its box
+    if fat:
+        # Fat density inside: the glandular tissue in the mass's place (at most an equal volume
+        # of fully glandular tissue) is removed, so no pixel goes below fat (plus muscle).
+        tau = min(0.5, capsule / radius)
+        inner = np.sqrt(np.clip((1.0 - tau) ** 2 - q * q, 0.0, None)) / (1.0 - tau)
+        shell = core - (1.0 - tau) * inner              # projected capsule chord / diameter
+        canvas.val[sl] += (equal_volume * shell - np.minimum(excess, equal_volume * inner)) * edge
+        support[sl] = equal_volume * (0.5 + 0.5 * core) * edge
+    else:
+        # A solid mass adds its own attenuation and displaces the tissue its chord occupies,
+        # so the parenchyma in front of and behind it still shows through.
+        occupied = min(0.9, beam_mm / thickness_mm)
+        own = mass_peak(contrast, beam_mm) * (0.5 + 0.5 * core) * edge
+        canvas.val[sl] += own - excess * occupied * core * edge
+        support[sl] = own
     if len(spic):
-        _lines(canvas, cx, cy, spic, width=max(0.5, 0.09 * radius), amp=0.5 * contrast, start=0.0)
-    box = canvas.commit(0.25)
-    if veil is not None:  # overlapping normal tissue: drawn, but not part of the finding's box
-        rows = slice(canvas.i0 + sl[0].start, canvas.i0 + sl[0].stop)
-        cols = slice(canvas.j0 + sl[1].start, canvas.j0 + sl[1].stop)
+        lines = _Canvas(att, mask, ps, canvas.i0, canvas.j0, np.zeros_like(canvas.val))
+        width = float(np.clip(0.09 * radius, *SPICULE_WIDTH_MM))
+        _lines(lines, cx, cy, spic, width=width, amp=SPICULE_CONTRAST * GLANDULAR_STEP, start=0.0)
+        canvas.val += lines.val
+        support += lines.val
+    box = canvas.commit(0.25, support)
+    if veil is not None:  # superimposed normal tissue: drawn, but not part of the finding's box
         att[rows, cols] += veil * mask[rows, cols]
     return box
 
@@ -242,12 +351,17 @@ def _draw_asymmetry(att, mask, ps, cx, cy, f: Finding, proj: Projector) -> list[
 
 
 # Particle recipes: (count per distribution, diameter range mm, elongation range, amplitude).
+# Checked against the BI-RADS Atlas 5th ed. (docs/phantom.md): round >= 0.5 mm, punctate
+# < 0.5 mm, coarse ("popcorn") clumps > 2-3 mm, coarse heterogeneous generally 0.5-1 mm, fine
+# pleomorphic < 0.5 mm, fine linear < 0.5 mm wide; grouped = at least 5 calcifications within
+# 1 cm, extent up to 2 cm; regional > 2 cm. Version 2 changed the two entries that disagreed:
+# round grouped had 3-4 calcifications, coarse heterogeneous reached down to 0.4 mm.
 _CALC = {
-    "round": ({"grouped": (3, 8), "regional": (8, 18), "diffuse": (15, 35)}, (0.5, 1.5), (1.0, 1.15), 0.42),
+    "round": ({"grouped": (5, 8), "regional": (8, 18), "diffuse": (15, 35)}, (0.5, 1.5), (1.0, 1.15), 0.42),
     "coarse": ({"grouped": (1, 3), "regional": (3, 6), "diffuse": (4, 8)}, (0.8, 1.6), (1.0, 1.6), 0.45),
     "punctate": ({"grouped": (5, 12), "regional": (15, 30), "diffuse": (25, 50)}, (0.2, 0.45), (1.0, 1.2), 0.36),
     "amorphous": ({"grouped": (10, 22), "regional": (25, 50), "segmental": (20, 40)}, (0.1, 0.25), (1.0, 1.3), 0.16),
-    "coarse_heterogeneous": ({"grouped": (6, 15), "regional": (15, 30)}, (0.4, 0.9), (1.2, 2.0), 0.3),
+    "coarse_heterogeneous": ({"grouped": (6, 15), "regional": (15, 30)}, (0.5, 1.0), (1.2, 2.0), 0.3),
     "fine_pleomorphic": (
         {"grouped": (8, 20), "linear": (10, 24), "segmental": (20, 40)}, (0.1, 0.4), (1.0, 3.0), 0.38),
     "fine_linear_branching": (
@@ -325,6 +439,7 @@ def draw_findings(att: np.ndarray, mask: np.ndarray, grid: PixelGrid, shape: Bre
     """Draw every finding visible in ``view`` into ``att``; returns canonical-frame boxes."""
     ps = grid.spacing_mm
     proj = projector(view, model.mlo_angle_deg)
+    thickness = model.thickness_mm * (MLO_THICKNESS_SCALE if view == "MLO" else 1.0)
     boxes: dict[str, list[int]] = {}
     for f in findings:
         if view not in f.seen_in:
@@ -332,7 +447,7 @@ def draw_findings(att: np.ndarray, mask: np.ndarray, grid: PixelGrid, shape: Bre
         radius = min(f.size_mm / 2.0, 20.0) if f.kind != "calcification" else min(f.size_mm / 2.0, 8.0)
         cx, cy = lesion_center(shape, view, model, f.u, f.r, f.angle_deg, f.laterality, radius)
         if f.kind == "mass":
-            box = _draw_mass(att, mask, ps, cx, cy, f, proj, view)
+            box = _draw_mass(att, mask, ps, cx, cy, f, proj, view, shape, thickness)
         elif f.kind == "calcification":
             box = _draw_calcifications(att, mask, ps, cx, cy, f, proj, view, shape, model)
         elif f.kind == "architectural_distortion":

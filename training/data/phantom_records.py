@@ -2,7 +2,9 @@
 
 The phantom's finding kinds are mapped onto the 10 VinDr-Mammo finding classes the findings
 head predicts. A finding counts for an image only when it is visible in that view
-(``visible_in``): a one-view asymmetry is, by definition, absent from the other view.
+(``visible_in``): a one-view asymmetry is, by definition, absent from the other view. For the
+same reason an image's BI-RADS category is the view's own (``views[key]["birads"]``, phantom
+version 2), falling back to the breast's category for labels.json files written before it.
 Extras (spot compression, XCCL) are not four-view screening images and are left out.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from models.labels import FINDING_CLASSES, birads_index, density_index
-from training.data.records import ImageRecord
+from training.data.records import ImageRecord, LesionBox
 
 PHANTOM_FINDINGS: dict[str, str] = {
     "mass": "Mass",
@@ -48,9 +50,19 @@ def study_records(study_dir: Path) -> list[ImageRecord]:
         out.append(ImageRecord(
             path=study_dir / view["file"], study_id=str(labels["study_uid"]), patient_id=str(labels["patient_id"]),
             laterality=side, view=str(view.get("view", key.split("-")[1])),
-            birads=birads_index(breast["birads"]), density=density_index(breast["density"]),
-            findings=tuple(found)))
+            birads=birads_index(view.get("birads", breast["birads"])), density=density_index(breast["density"]),
+            findings=tuple(found), boxes=view_boxes(breast["findings"], key)))
     return out
+
+
+def view_boxes(findings: list[dict[str, Any]], key: str) -> tuple[LesionBox, ...]:
+    """The lesion boxes of one view (labels.json boxes are pixel edges of that image)."""
+    out = []
+    for f in findings:
+        box = f.get("boxes", {}).get(key)
+        if box:
+            out.append(LesionBox(finding_class(f), *(float(v) for v in box), birads_index(f.get("birads"))))
+    return tuple(out)
 
 
 def phantom_records(root: Path) -> list[ImageRecord]:
@@ -62,8 +74,16 @@ def phantom_records(root: Path) -> list[ImageRecord]:
     return [r for study in studies for r in study_records(study)]
 
 
+def phantom_cache_name(studies: int, seed: int, size: str) -> str:
+    """``phantoms-v<PHANTOM_VERSION>-<seed>-<n>-<size>``: a new generator version never reuses
+    an older version's cached studies."""
+    from training.data.phantom import PHANTOM_VERSION
+
+    return f"phantoms-v{PHANTOM_VERSION}-{seed}-{studies}-{size}"
+
+
 def ensure_phantoms(cache_dir: Path | None, studies: int, seed: int, size: str) -> Path:
-    """``cache_dir/phantoms-<seed>-<n>-<size>/``, generated once; safe when processes race.
+    """``cache_dir/phantoms-v<version>-<seed>-<n>-<size>/``, generated once; safe when processes race.
 
     Generation writes into a private temporary folder that is renamed into place when complete,
     so a folder that exists is always whole; the loser of a race discards its copy.
@@ -71,7 +91,7 @@ def ensure_phantoms(cache_dir: Path | None, studies: int, seed: int, size: str) 
     from training.data.phantom import PhantomOptions, write_phantom_studies
 
     base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "mammo-node-cache"
-    target = base / f"phantoms-{seed}-{studies}-{size}"
+    target = base / phantom_cache_name(studies, seed, size)
     if target.is_dir():
         return target
     base.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,9 @@ QUADRANT_TEXT = {
     "central": "central region", "subareolar": "subareolar region",
 }
 SIDE = {"R": "right", "L": "left"}
+# BI-RADS mass density as written before "mass" (models/lexicon reads all four).
+MASS_DENSITY_TEXT = {"high": "high density ", "equal": "equal density ", "low": "low density ",
+                     "fat_containing": "fat-containing "}
 
 _TECHNIQUE = (
     "Bilateral digital screening mammography with standard craniocaudal and mediolateral oblique views.",
@@ -81,11 +84,12 @@ def location_text(loc: dict[str, Any]) -> str:
 
 def finding_text(f: dict[str, Any]) -> tuple[str, str]:
     """(noun phrase, trailing clause) for one finding, e.g.
-    ("a 9 mm oval mass with circumscribed margins", "")."""
+    ("a 9 mm oval high density mass with circumscribed margins", "")."""
     size = f"{round(f['size_mm']):d} mm"
     kind = f["kind"]
     if kind == "mass":
-        return _article(f"{size} {words(f['shape'])} mass with {words(f['margin'])} margins"), ""
+        density = MASS_DENSITY_TEXT.get(f.get("density", ""), "")
+        return _article(f"{size} {words(f['shape'])} {density}mass with {words(f['margin'])} margins"), ""
     if kind == "calcification":
         morph = "coarse (popcorn-like)" if f["morphology"] == "coarse" else words(f["morphology"])
         return f"{morph} calcifications in {_article(words(f['distribution']))} distribution", f", spanning {size}"

@@ -18,6 +18,27 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
+class LesionBox:
+    """One annotated finding on one image: a VinDr-Mammo / CBIS-DDSM style bounding box.
+
+    Coordinates are in the *source* pixel array of the DICOM file (columns x, rows y; pixel
+    edges, ``x1``/``y1`` exclusive), so annotations survive any change of preprocessing.
+    ``birads`` is the finding's own category index (models.labels) where the annotation has one.
+    """
+
+    finding: int                           # index into FINDING_CLASSES
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    birads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"empty lesion box {(self.x0, self.y0, self.x1, self.y1)}")
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """One image and its labels. ``split`` is None until assigned (``assign_splits``)."""
 
@@ -30,6 +51,7 @@ class ImageRecord:
     density: int | None                    # 0-3 (A-D)
     findings: tuple[int, ...] | None       # indices into FINDING_CLASSES present; None = findings unlabelled
     split: str | None = None               # "train" | "val" | "test"; None = not assigned yet
+    boxes: tuple[LesionBox, ...] | None = None  # annotated findings; None = no box annotation
 
     def __post_init__(self) -> None:
         if self.split is not None and self.split not in SPLITS:
@@ -40,7 +62,7 @@ def load_records(data_section: "DataSection") -> list[ImageRecord]:
     """All records of the configured data set, with every record's split assigned.
 
     ``kind="phantom"`` with ``root`` None generates ``phantom_studies`` studies once into
-    ``cache_dir/phantoms-<seed>-<n>-<size>/`` and reuses them. Splits: the source's own where it
+    ``cache_dir/phantoms-v2-<seed>-<n>-<size>/`` and reuses them. Splits: the source's own where it
     has one (VinDr's test set, a manifest's split column), the rest by ``assign_splits`` with
     ``split_seed``, ``val_fraction`` and ``test_fraction`` (grouped by patient).
     """

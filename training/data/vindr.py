@@ -4,7 +4,8 @@
                                         height, width, breast_birads ("BI-RADS 1".."BI-RADS 5"),
                                         breast_density ("DENSITY A".."DENSITY D"), split ("training"/"test")
     root/finding_annotations.csv        image_id, finding_categories ("['Mass', 'Suspicious Calcification']"
-                                        or "['No Finding']"), boxes, ... (one row per finding)
+                                        or "['No Finding']"), finding_birads, xmin, ymin, xmax, ymax
+                                        (pixels of the DICOM image; empty for "No Finding"), one row per finding
     root/images/<study_id>/<image_id>.dicom
 
 VinDr-Mammo has one study per patient and no separate patient column, so the study is the
@@ -20,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from models.labels import birads_index, density_index, finding_index
-from training.data.records import ImageRecord
+from training.data.records import ImageRecord, LesionBox
 from training.data.splits import assign_splits
 
 NO_FINDING = "no finding"
@@ -40,14 +41,28 @@ def parse_categories(text: str) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
-def _findings_by_image(path: Path) -> dict[str, set[int]]:
-    """Finding class indices per image_id; images listed only with "No Finding" get an empty set."""
-    out: dict[str, set[int]] = defaultdict(set)
+def _box(row: dict[str, str], finding: int) -> LesionBox | None:
+    """The row's box (xmin..ymax) for one of its categories; None where it has none."""
+    try:
+        x0, y0, x1, y1 = (float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (x1 > x0 and y1 > y0):          # NaN or empty boxes compare False
+        return None
+    return LesionBox(finding, x0, y0, x1, y1, birads_index(row.get("finding_birads")))
+
+
+def _annotations_by_image(path: Path) -> tuple[dict[str, set[int]], dict[str, list[LesionBox]]]:
+    """Finding class indices and lesion boxes per image_id. Images listed only with "No Finding"
+    get an empty set; a box with several categories counts once per category."""
+    findings: dict[str, set[int]] = defaultdict(set)
+    boxes: dict[str, list[LesionBox]] = defaultdict(list)
     if not path.is_file():
-        return out
+        return findings, boxes
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            found = out[row["image_id"].strip()]
+            image = row["image_id"].strip()
+            found = findings[image]
             for name in parse_categories(row.get("finding_categories", "")):
                 if name.lower() == NO_FINDING:
                     continue
@@ -55,14 +70,17 @@ def _findings_by_image(path: Path) -> dict[str, set[int]]:
                 if index is None:
                     raise ValueError(f"{path.name}: unknown finding category {name!r} (image {row['image_id']})")
                 found.add(index)
-    return out
+                box = _box(row, index)
+                if box is not None:
+                    boxes[image].append(box)
+    return findings, boxes
 
 
 def vindr_records(root: Path, val_fraction: float = 0.1, seed: int = 0) -> list[ImageRecord]:
     """One record per image of breast-level_annotations.csv; findings None for images absent from
     finding_annotations.csv. "training" -> train/val (``val_fraction`` of the studies), "test" -> test."""
     root = Path(root)
-    findings = _findings_by_image(root / "finding_annotations.csv")
+    findings, boxes = _annotations_by_image(root / "finding_annotations.csv")
     has_findings_file = (root / "finding_annotations.csv").is_file()
     records = []
     with (root / "breast-level_annotations.csv").open(newline="", encoding="utf-8") as fh:
@@ -75,7 +93,8 @@ def vindr_records(root: Path, val_fraction: float = 0.1, seed: int = 0) -> list[
                 laterality=row["laterality"].strip().upper(), view=row["view_position"].strip().upper(),
                 birads=birads_index(row.get("breast_birads")), density=density_index(row.get("breast_density")),
                 findings=None if found is None else tuple(sorted(found)),
-                split="test" if split == "test" else None))
+                split="test" if split == "test" else None,
+                boxes=tuple(boxes.get(image, ())) if has_findings_file else None))
     # Carve val out of the "training" studies only; the official test set stays as it is.
     training = [i for i, r in enumerate(records) if r.split is None]
     for i, r in zip(training, assign_splits([records[i] for i in training], seed, val_fraction, 0.0)):

@@ -195,11 +195,7 @@ def probe_scores(stage: KnowledgeStage, tokens: torch.Tensor, present: torch.Ten
 
 def run_knowledge(cfg: Any, *, max_iterations: int | None = None) -> Path:
     """Stage 1; returns the saved model directory."""
-    info = du.init_distributed(cfg.run.device, cfg.run.distributed_backend)
-    try:
-        return _run(cfg, info, max_iterations)
-    finally:
-        du.cleanup()
+    return du.launched(cfg, lambda info: _run(cfg, info, max_iterations))
 
 
 def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:

@@ -94,11 +94,7 @@ def _lora(model: MammoRG, s: Any) -> dict[str, nn.Parameter]:
 
 def run_lm_stage(cfg: Any, stage: str, *, max_iterations: int | None = None) -> Path:
     """``stage`` is "align" or "sft"; returns the saved model directory."""
-    info = du.init_distributed(cfg.run.device, cfg.run.distributed_backend)
-    try:
-        return _run(cfg, stage, info, max_iterations)
-    finally:
-        du.cleanup()
+    return du.launched(cfg, lambda info: _run(cfg, stage, info, max_iterations))
 
 
 def _run(cfg: Any, stage: str, info: du.DistInfo, max_iterations: int | None) -> Path:

@@ -95,8 +95,16 @@ class DistillModule(nn.Module):
 
 # ----------------------------------------------------------------------------- model loading
 def load_student(cfg: Any, model_cfg: VersaMammoConfig) -> VersaMammoStudent:
-    """The starting student: ``model.student_checkpoint`` (ours or official) or random init."""
+    """The starting student: ``model.student_checkpoint`` (ours or official), else by
+    ``model.student_init``: the lesion-patch pretrained student of this run, or random init."""
     path = cfg.model.student_checkpoint
+    if path is None and cfg.model.student_init == "lesion_patches":
+        from training.versamammo.patches.train import PATCH_STUDENT
+
+        path = Path(cfg.run.out_dir) / "patches" / PATCH_STUDENT
+        if not path.exists():
+            raise FileNotFoundError(f"model.student_init = 'lesion_patches' but {path} does not exist: "
+                                    "run `mammo-train versamammo-patches` first")
     if path is None:
         return build_student(model_cfg)
     try:
@@ -233,11 +241,7 @@ def _split(records: list[ImageRecord], split: str) -> list[ImageRecord]:
 
 def run_distill(cfg: Any, *, max_iterations: int | None = None) -> Path:
     """Train the student; returns the best (validation) checkpoint path. Resumes automatically."""
-    info = du.init_distributed(cfg.run.device, cfg.run.distributed_backend)
-    try:
-        return _run(cfg, info, max_iterations)
-    finally:
-        du.cleanup()
+    return du.launched(cfg, lambda info: _run(cfg, info, max_iterations))
 
 
 def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
