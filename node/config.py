@@ -218,11 +218,28 @@ class HL7Output(_Section):
     # Validate every message with hl7apy STRICT before sending it (0.1-0.2 s of CPU each). The test
     # suite validates every form of message we build; turn on to check unusual data in production.
     validate_messages: bool = False
+    # "ai_result": the ORU is a distinct AI result (its own OBR-4 service_id and a filler order number
+    # from the node) linked to the exam order (OBR-29); "exam_order": the old shape, filed on the
+    # exam's own order (ORC/OBR-2/3 = accession). docs/hl7-interface.md.
+    order_mode: Literal["ai_result", "exam_order"] = "ai_result"
+    service_id: str = "AIMAMMO^AI mammography analysis^99MAMMO"  # OBR-4 (code^text^system), ai_result
+    # OBR-4 in exam_order mode when the images have no ProcedureCodeSequence (text: StudyDescription).
+    exam_service_id: str = "MGSCREEN^Screening mammography, bilateral^99MAMMO"
+    processing_id: Literal["P", "T", "D"] = "P"  # MSH-11: production, training, debugging
 
     @field_validator("sending_application", "sending_facility", "receiving_application", "receiving_facility")
     @classmethod
     def _valid_names(cls, value: str) -> str:
         return _valid_hd(value)
+
+    @field_validator("service_id", "exam_service_id")
+    @classmethod
+    def _valid_service(cls, value: str) -> str:
+        parts = value.split("^")
+        if (len(parts) != 3 or not parts[0].strip() or not parts[2].strip()
+                or any(c in value for c in "|~\\&\r\n") or len(value) > 250):
+            raise ValueError(f"{value!r} is not an HL7 coded value code^text^system (no | ~ \\ &)")
+        return value
 
 
 class OutputsSection(_Section):

@@ -236,7 +236,8 @@ class Outbox:
                 if ack.control_id != row.identity:
                     detail = f"{ack.code or 'no code'}: the ACK is for another control ID"
                 else:
-                    detail = f"{ack.code or 'unreadable ACK'}" + (f": {ack.text}" if ack.text else "")
+                    # Never the RIS's text (MSA-3/ERR): an ACK may echo patient data into logs and journal.
+                    detail = ack.describe()
                 out.append(Attempt("delivered" if outcome == "accepted" else outcome, detail))
             return out
         return send

@@ -6,7 +6,10 @@ unrelated AI reports and the RIS two preliminary results. So a changed result na
 receivers already hold:
 
 - each SR carries a Predecessor Documents Sequence (PS3.3 C.17.2) with the earlier SR of its kind;
-- the ORU^R01 is sent as a correction (OBR-25 and OBX-11 "C") and names the replaced message.
+- the ORU^R01 is sent again as a preliminary result (OBR-25 and OBX-11 "P": HL7 table 0085 keeps
+  "C" for replacing a *final* result, and an AI result never is one) with the same filler order
+  number (ORC-3/OBR-3), so the RIS replaces the earlier AI result, and an NTE names the replaced
+  message (its control ID).
 
 The link goes to the newest output of each kind that was *delivered* (to any destination): a
 receiver never heard of an output that was not. When the previous result's output of a kind was
@@ -37,9 +40,10 @@ KINDS = ("tid1500", "tid4000", "oru")
 def _identity(kind: str, study_uid: str, result: dict[str, Any]) -> dict[str, str] | None:
     """What a receiver knows an output of ``kind`` by: the SR's UIDs, or the ORU's control ID."""
     if kind == "oru":
-        from node.outputs.hl7 import control_id
+        from node.outputs.hl7 import control_id, filler_order_number
 
-        return {"control_id": control_id(study_uid, result)}
+        return {"control_id": control_id(study_uid, result),
+                "filler_order_number": filler_order_number(study_uid, result)}
     if kind == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
         return None  # no TID 1500 SR is made for such a result
     ident = output_identity(study_uid, result, kind)
@@ -99,7 +103,7 @@ def predecessor_documents(result: dict[str, Any], kind: str) -> list[Dataset]:
 
 
 def replaced_control_id(result: dict[str, Any]) -> str | None:
-    """MSH-10 of the ORU^R01 this result's ORU corrects, or None."""
+    """MSH-10 of the ORU^R01 this result's ORU replaces, or None."""
     link = (result.get("replaces") or {}).get("oru")
     return link["control_id"] if link else None
 

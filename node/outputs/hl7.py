@@ -1,9 +1,13 @@
 """HL7 v2.5.1 ORU^R01 for one result, and the reader that proves what it says.
 
 The RIS gets the same content as the SRs: per breast BI-RADS, density and findings (coded), the
-generated report one line per OBX, the model versions and the disclaimer. The message is a pure
+generated report one line per OBX (findings, impression and recommendation coded apart), the model
+versions and the disclaimer. By default (``order_mode = "ai_result"``) the message is a distinct
+AI result, its own service (OBR-4) and filler order number, linked to the exam's order (OBR-29)
+and accession (OBR-18), so it never lands on the radiologist's order. The message is a pure
 function of (source study, result, settings, created_at), so a resend is byte-identical and its
-control ID (MSH-10) is the same; a changed result gets a new one. Every message is checked with
+control ID (MSH-10) is the same; a changed result gets a new one, with the same filler order
+number, so the RIS replaces the earlier preliminary AI result. Every message is checked with
 hl7apy's STRICT validation before it leaves here. docs/hl7-interface.md is the specification.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from models import lexicon
+from models.reportparse import _HEADER as _SECTION_HEADER
 from node.config import HL7Output
 from node.outputs.amend import replaced_control_id
 from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label, utc
@@ -24,7 +29,17 @@ HL7_VERSION = "2.5.1"
 MESSAGE_TYPE = "ORU^R01^ORU_R01"
 LOCAL = "99MAMMO"  # our local coding system (HL7 table 0396 "99zzz": locally defined codes)
 UTF8 = "UNICODE UTF-8"  # MSH-18 when the message has any non-ASCII character
-REPORT_CODE = ("18782-3", "Radiology Study observation (narrative)", "LN")
+REPORT_CODE = ("18782-3", "Radiology Study observation (narrative)", "LN")  # findings, other lines
+IMPRESSION_CODE = ("19005-8", "Radiology Imaging study [Impression] (narrative)", "LN")
+RECOMMENDATION_CODE = ("18783-1", "Radiology Study recommendation (narrative)", "LN")
+_REPORT_CODES = {REPORT_CODE[0]: "findings", IMPRESSION_CODE[0]: "impression",
+                 RECOMMENDATION_CODE[0]: "recommendation"}
+STUDY_UID_CODE = ("113014", "Study", "DCM")  # PS3.16 DCM 113014 "Study"; OBX-5 its Study Instance UID
+# OBR-26 of an AI result: the parent result is the exam's radiology report (narrative).
+PARENT_RESULT = "&".join(REPORT_CODE)
+PATIENT_ID_TYPE = "MR"  # CX.5 (HL7 table 0203): medical record number
+_RECOMMEND = re.compile(r"\s*(recommend|suggest|continue|follow[- ]?up|return|建议)", re.IGNORECASE)
+_REPLACES = re.compile(r"replaces the one sent in message (\w+)")
 # Lexicon schemes -> HL7 table 0396 coding system names.
 _SCHEMES = {"SCT": "SCT", "DCM": "DCM", "LN": "LN", "NCIt": "NCIT"}
 _SIDES = {"R": ("1", "right"), "L": ("2", "left")}
@@ -126,7 +141,7 @@ class _Observations:
     def __init__(self, status: str = "P") -> None:
         self.segments: list[str] = []
         self._count = 0
-        self.status = status  # OBX-11: P preliminary, C correction of an earlier result
+        self.status = status  # OBX-11: P preliminary (also when it replaces an earlier AI result)
 
     def add(self, value_type: str, ident: Coded, sub_id: str, value: str,
             method: Coded | None = None) -> None:
@@ -145,6 +160,31 @@ def control_id(study_uid: str, result: dict[str, Any]) -> str:
     return "MN" + hashlib.sha256(extra.encode()).hexdigest()[:16]
 
 
+def filler_order_number(study_uid: str, result: dict[str, Any]) -> str:
+    """ORC-3/OBR-3 of an AI result: "AI" + 16 hex digits, from the study and the set of models
+    (their kinds, not versions), so a resend and a re-processing after a model upgrade keep it; a
+    result replacing an earlier one takes the earlier one's number (``result["replaces"]["oru"]``),
+    so the RIS replaces that result even when the model set changed."""
+    link = (result.get("replaces") or {}).get("oru") or {}
+    if link.get("filler_order_number"):
+        return str(link["filler_order_number"])
+    kinds = sorted((result.get("models") or {}).keys())
+    return "AI" + hashlib.sha256(json.dumps(["filler", study_uid, kinds]).encode()).hexdigest()[:16].upper()
+
+
+def _exam_orders(source: SourceStudy) -> tuple[str, str]:
+    """(placer, filler) order numbers of the exam, (0040,2016) and (0040,2017), from the image
+    header or its first Request Attributes Sequence item that has them; "" when absent."""
+    keywords = ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest")
+    found = [str(source.get(k, "") or "").strip() for k in keywords]
+    if not any(found):
+        for item in source.get("RequestAttributesSequence", None) or []:
+            found = [str(item.get(k, "") or "").strip() for k in keywords]
+            if any(found):
+                break
+    return found[0], found[1]
+
+
 def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, *, created_at: float) -> str:
     """The ORU^R01 (ER7, segments ended by CR) for one result; ``created_at`` (the result's journal
     time) fills MSH-7 and OBR-22 so that a resend is byte-identical.
@@ -158,14 +198,26 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
         raise NotApplicable("the source study has no PatientID; an ORU^R01 needs PID-3")
     now = _ts(created_at)
     accession = escape(str(source.get("AccessionNumber", "")).strip())
-    # A changed result of a study whose ORU the RIS already has is sent as a correction of it.
-    status = "C" if replaced_control_id(result) else "P"
+    # Always preliminary: a changed result replaces the earlier preliminary AI result (same filler
+    # order number in ai_result mode, an NTE naming the replaced message); C is for final results.
+    status = "P"
+    if settings.order_mode == "exam_order":  # the old shape: filed on the exam's own order
+        placer = filler = accession
+        service = _procedure(source, settings)
+        parent = parent_result = ""
+    else:
+        placer = ""
+        filler = f"{filler_order_number(source.study_uid, result)}^{escape(settings.sending_application)}"
+        service = Coded(*settings.service_id.split("^"))
+        exam_placer, exam_filler = _exam_orders(source)
+        parent = "^".join((escape(exam_placer), escape(exam_filler))).rstrip("^")
+        parent_result = PARENT_RESULT if parent else ""
     body = [
         _segment("SFT", escape(MANUFACTURER), escape(SOFTWARE_VERSION), escape(MANUFACTURER),
                  escape(SOFTWARE_VERSION)),
         _pid(source, patient_id),
-        _segment("ORC", "RE", accession, accession, "", "", "", "", "", now),
-        _obr(source, accession, now, status),
+        _segment("ORC", "RE", placer, filler, "", "", "", "", "", now),
+        _obr(source, placer, filler, service, accession, now, status, parent_result, parent),
         *_notes(result),
         *_observations(source, result, status),
     ]
@@ -174,7 +226,7 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
     msh = _segment(
         "MSH", "^~\\&", escape(settings.sending_application), escape(settings.sending_facility),
         escape(settings.receiving_application), escape(settings.receiving_facility), now, "",
-        MESSAGE_TYPE, control_id(source.study_uid, result), "P", HL7_VERSION,
+        MESSAGE_TYPE, control_id(source.study_uid, result), settings.processing_id, HL7_VERSION,
         # MSH-13..17 empty: original acknowledgment mode (the RIS answers AA/AE/AR).
         "", "", "", "", "", charset)
     message = msh + "\r" + text + "\r"
@@ -183,9 +235,19 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
     return message
 
 
+def _cx(patient_id: str, issuer: str) -> str:
+    """CX: ID^^^assigning authority (namespace ID)^identifier type code."""
+    return f"{escape(patient_id)}^^^{escape(issuer)}^{PATIENT_ID_TYPE}"
+
+
 def _pid(source: SourceStudy, patient_id: str) -> str:
     issuer = str(source.get("IssuerOfPatientID", "")).strip()
-    cx = escape(patient_id) + (f"^^^{escape(issuer)}" if issuer else "")
+    ids = [(patient_id, issuer)]
+    for item in source.get("OtherPatientIDsSequence", None) or []:  # (0010,1002)
+        other = (str(item.get("PatientID", "") or "").strip(), str(item.get("IssuerOfPatientID", "") or "").strip())
+        if other[0] and other not in ids:
+            ids.append(other)
+    cx = "~".join(_cx(*pair) for pair in ids)
     name = source.get("PatientName", "")
     parts = [getattr(name, attr, "") or "" for attr in
              ("family_name", "given_name", "middle_name", "name_suffix", "name_prefix")]
@@ -197,26 +259,32 @@ def _pid(source: SourceStudy, patient_id: str) -> str:
                     sex if sex in _SEXES else "U")
 
 
-def _procedure(source: SourceStudy) -> Coded:
-    """OBR-4: the study's own procedure code when DICOM has one, else our screening code."""
+def _procedure(source: SourceStudy, settings: HL7Output) -> Coded:
+    """OBR-4 in exam_order mode: the study's own procedure code when DICOM has one, else
+    ``exam_service_id`` with the StudyDescription as its text."""
     for item in source.get("ProcedureCodeSequence", None) or []:
         value = item.get("CodeValue", None) or item.get("LongCodeValue", None)
         if value:
             scheme = str(item.get("CodingSchemeDesignator", "") or LOCAL)
             return Coded(str(value), str(item.get("CodeMeaning", "")), _SCHEMES.get(scheme, scheme))
+    code, text, system = settings.exam_service_id.split("^")
     description = str(source.get("StudyDescription", "")).strip()
-    return _local("MGSCREEN", description or "Screening mammography, bilateral")
+    return Coded(code, description or text, system)
 
 
-def _obr(source: SourceStudy, accession: str, now: str, status: str = "P") -> str:
-    fields = [""] * 25
+def _obr(source: SourceStudy, placer: str, filler: str, service: Coded, accession: str, now: str,
+         status: str, parent_result: str, parent: str) -> str:
+    fields = [""] * 29
     fields[0] = "1"
-    fields[1] = accession  # OBR-2 placer order number
-    fields[2] = accession  # OBR-3 filler order number
-    fields[3] = _procedure(source).er7()  # OBR-4
+    fields[1] = placer  # OBR-2 placer order number (empty for an AI result: nobody ordered it)
+    fields[2] = filler  # OBR-3 filler order number
+    fields[3] = service.er7()  # OBR-4 universal service ID
     fields[6] = _study_ts(source)  # OBR-7 observation date/time
+    fields[17] = accession  # OBR-18 placer field 1: the exam's accession number
     fields[21] = now  # OBR-22 results report/status change
-    fields[24] = status  # OBR-25 result status: P preliminary, C correction (node.outputs.amend)
+    fields[24] = status  # OBR-25 result status: P preliminary (node.outputs.amend)
+    fields[25] = parent_result  # OBR-26 parent result: the exam's report
+    fields[28] = parent  # OBR-29 parent: the exam's placer^filler order numbers
     return _segment("OBR", *fields)
 
 
@@ -245,14 +313,35 @@ def _observations(source: SourceStudy, result: dict[str, Any], status: str = "P"
         if side in breasts:
             _breast(obs, side, sub_id, word, breasts[side], result.get("disagreements") or [])
     report = result.get("report") or {}
-    for line in str(report.get("text") or "").splitlines():
-        obs.add("TX", Coded(*REPORT_CODE), "", escape(line))
+    for code, line in _report_lines(str(report.get("text") or "")):
+        obs.add("TX", Coded(*code), "", escape(line))
     for kind, _ in sorted((result.get("models") or {}).items()):
         name, version = model_label(result["models"], kind)
         obs.add("ST", _local(f"MODEL-{kind.upper()}", _MODEL_NAMES.get(kind, f"AI model ({kind})")), "",
                 escape(f"{name} {version}"))
-    obs.add("ST", _local("STUDY-UID", "DICOM Study Instance UID"), "", escape(source.study_uid))
+    obs.add("ST", Coded(*STUDY_UID_CODE), "", escape(source.study_uid))
     return obs.segments
+
+
+def _report_lines(text: str) -> list[tuple[tuple[str, str, str], str]]:
+    """Each report line with its OBX-3: a section heading (FINDINGS, IMPRESSION, RECOMMENDATION,
+    their Chinese forms ... as models.reportparse reads them) starts a section; impression lines are
+    19005-8, recommendation lines 18783-1 (also a line of the impression that starts with
+    Recommend, Suggest, Continue, Follow-up, Return or 建议), every other line 18782-3."""
+    out = []
+    section = "findings"
+    for line in text.splitlines():
+        header = _SECTION_HEADER.match(line.strip())
+        if header:
+            section = (header.lastgroup or "other").replace("x_", "")
+        if section == "recommendation" or (section == "impression" and _RECOMMEND.match(line)):
+            code = RECOMMENDATION_CODE
+        elif section == "impression":
+            code = IMPRESSION_CODE
+        else:
+            code = REPORT_CODE
+        out.append((code, line))
+    return out
 
 
 def _method(source: str | None) -> Coded | None:
@@ -329,20 +418,39 @@ def _local_term(field: str) -> str:
 
 
 def parse_oru(message: str) -> dict[str, Any]:
-    """Read one of our ORUs back: control ID, patient ID, accession, per-breast BI-RADS, density and
-    finding kinds, status, OBR-25 result status, models and the report text (lines joined by "\\n")."""
-    out: dict[str, Any] = {"control_id": "", "patient_id": "", "accession": "", "breasts": {},
-                           "status": "", "result_status": "", "models": {}, "report_text": ""}
+    """Read one of our ORUs back: control ID, processing ID, patient ID (and every PID-3 identifier
+    as (id, issuer, type)), accession (OBR-18), order numbers (placer, filler: OBR-2/3), service
+    (OBR-4 code), parent order (OBR-29 placer, filler), per-breast BI-RADS, density and finding
+    kinds, status, OBR-25 result status, the control ID it replaces (NTE), models, the Study
+    Instance UID, the report text (lines joined by "\\n") and its lines per section."""
+    out: dict[str, Any] = {"control_id": "", "processing_id": "", "patient_id": "", "patient_ids": [],
+                           "accession": "", "placer_order": "", "filler_order": "", "service": "",
+                           "parent": ("", ""), "breasts": {}, "status": "", "result_status": "",
+                           "replaces": None, "models": {}, "study_uid": "", "report_text": "",
+                           "sections": {"findings": [], "impression": [], "recommendation": []}}
     lines: list[str] = []
     for segment in re.split(r"[\r\n]+", message.strip()):
         f = _fields(segment)
         if f[0] == "MSH":
             out["control_id"] = unescape(_field(f, 9))
+            out["processing_id"] = _field(f, 10)
         elif f[0] == "PID":
-            out["patient_id"] = _components(_field(f, 3))[0]
+            for cx in _field(f, 3).split("~"):
+                parts = _components(cx) + [""] * 5
+                out["patient_ids"].append((parts[0], parts[3], parts[4]))
+            out["patient_id"] = out["patient_ids"][0][0]
         elif f[0] == "OBR":
-            out["accession"] = unescape(_field(f, 3))
-            out["result_status"] = _field(f, 25)  # P, or C for a correction
+            out["placer_order"] = _components(_field(f, 2))[0]
+            out["filler_order"] = _components(_field(f, 3))[0]
+            out["service"] = _components(_field(f, 4))[0]
+            # OBR-18 since the AI-result shape; exam_order messages also carry it in OBR-2/3.
+            out["accession"] = unescape(_field(f, 18))
+            out["result_status"] = _field(f, 25)  # P (preliminary AI result)
+            parent = _components(_field(f, 29)) + [""]
+            out["parent"] = (parent[0], parent[1])
+        elif f[0] == "NTE":
+            if match := _REPLACES.search(unescape(_field(f, 3))):
+                out["replaces"] = match.group(1)
         elif f[0] == "OBX":
             _read_obx(f, out, lines)
     out["report_text"] = "\n".join(lines)
@@ -352,8 +460,12 @@ def parse_oru(message: str) -> dict[str, Any]:
 def _read_obx(f: list[str], out: dict[str, Any], lines: list[str]) -> None:
     code = _components(_field(f, 3))
     value = _field(f, 5)
-    if code[0] == REPORT_CODE[0]:
+    if code[0] in _REPORT_CODES:
         lines.append(unescape(value))
+        out["sections"][_REPORT_CODES[code[0]]].append(unescape(value))
+        return
+    if code[0] == STUDY_UID_CODE[0] and code[2:3] == [STUDY_UID_CODE[2]]:
+        out["study_uid"] = unescape(value)
         return
     if code[0] == "AI-STATUS":
         out["status"] = _components(value)[0]
@@ -376,4 +488,4 @@ def _read_obx(f: list[str], out: dict[str, Any], lines: list[str]) -> None:
 
 
 __all__ = ["HL7_VERSION", "LOCAL", "MESSAGE_TYPE", "Coded", "build_oru", "control_id", "escape",
-           "parse_oru", "unescape", "validate_oru"]
+           "filler_order_number", "parse_oru", "unescape", "validate_oru"]

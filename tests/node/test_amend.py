@@ -1,5 +1,6 @@
 """A changed result of a study names the outputs its receivers already hold (node.outputs.amend):
-SR predecessors, ORU corrections, and no stale output sent after a newer one."""
+SR predecessors, ORU replacements (preliminary again, same filler order number, an NTE naming the
+replaced message), and no stale output sent after a newer one."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from node.config import HL7Output
 from node.journal import Journal
 from node.outputs.amend import delivered_identities, replaced_outputs
-from node.outputs.hl7 import build_oru, control_id, parse_oru, validate_oru
+from node.outputs.hl7 import build_oru, control_id, filler_order_number, parse_oru, validate_oru
 from node.outputs.source import output_identity
 from node.outputs.sr_cad import build_mammography_cad_sr
 from node.outputs.sr_tid1500 import build_tid1500_sr
@@ -46,14 +47,14 @@ def test_a_changed_result_names_each_delivered_output_it_replaces() -> None:
     assert links["tid1500"] == {"study_uid": UID, "series_uid": ident.series_instance_uid,
                                 "sop_instance_uid": ident.sop_instance_uid,
                                 "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.33"}
-    assert links["oru"] == {"control_id": control_id(UID, v1)}
+    assert links["oru"] == {"control_id": control_id(UID, v1), "filler_order_number": filler_order_number(UID, v1)}
 
 
 def test_undelivered_results_pass_on_the_link_to_what_was_delivered() -> None:
     v1, v2, v3 = _result("1"), _result("2"), _result("3")
     v2["replaces"] = replaced_outputs(v1, v2, UID, _delivered(v1))
     links = replaced_outputs(v2, v3, UID, _delivered(v1))  # v2 never went out (receivers down)
-    assert links["oru"] == {"control_id": control_id(UID, v1)}
+    assert links["oru"]["control_id"] == control_id(UID, v1)
     assert links["tid4000"]["sop_instance_uid"] == output_identity(UID, v1, "tid4000").sop_instance_uid
 
 
@@ -97,16 +98,38 @@ def test_sr_of_a_replacing_result_has_its_predecessor_and_stays_valid(phantom_di
     assert "Error" not in report.stdout + report.stderr, report.stdout + report.stderr
 
 
-def test_oru_of_a_replacing_result_is_a_strictly_valid_correction(phantom_dir: Path) -> None:
+def test_oru_of_a_replacing_result_is_preliminary_again_with_the_same_filler_order(phantom_dir: Path) -> None:
+    """Issue 18.2: HL7 table 0085 keeps C for replacing a final result; a replaced preliminary AI
+    result goes again as P with the same filler order number and an NTE naming the replaced message."""
     source, before, after = _amended_case(phantom_dir)
+    for mode in ("ai_result", "exam_order"):
+        settings = HL7Output(host="127.0.0.1", port=2575, order_mode=mode)
+        first = build_oru(source, before, settings, created_at=CREATED)
+        second = build_oru(source, after, settings, created_at=CREATED + 60)
+        validate_oru(second)
+        old, new = parse_oru(first), parse_oru(second)
+        assert old["result_status"] == new["result_status"] == "P"
+        obx_status = {line.split("|")[11] for line in second.split("\r") if line.startswith("OBX|")}
+        assert obx_status == {"P"}
+        assert new["control_id"] != old["control_id"] and new["filler_order"] == old["filler_order"] != ""
+        assert old["replaces"] is None and new["replaces"] == old["control_id"]
+        notes = [line for line in second.split("\r") if line.startswith("NTE|")]
+        assert f"replaces the one sent in message {old['control_id']}" in notes[-1]
+
+
+def test_a_replacing_result_with_other_models_keeps_the_filler_order_number(phantom_dir: Path) -> None:
+    """An incomplete result (no models ran) replaced by a complete one: the RIS replaces it too."""
+    source, result = phantom_case(sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0])
+    incomplete = {"status": "incomplete", "missing_views": ["L-CC"], "breasts": {}, "disagreements": [],
+                  "report": None, "models": {}, "preliminary": True}
+    assert filler_order_number(source.study_uid, incomplete) != filler_order_number(source.study_uid, result)
+    after = dict(result, replaces=replaced_outputs(incomplete, result, source.study_uid,
+                                                   {("oru", control_id(source.study_uid, incomplete))}))
     settings = HL7Output(host="127.0.0.1", port=2575)
-    first = build_oru(source, before, settings, created_at=CREATED)
-    second = build_oru(source, after, settings, created_at=CREATED + 60)
-    validate_oru(second)
-    assert parse_oru(first)["result_status"] == "P" and parse_oru(second)["result_status"] == "C"
-    obx_status = {line.split("|")[11] for line in second.split("\r") if line.startswith("OBX|")}
-    assert obx_status == {"C"}
-    assert f"replaces the one sent in message {parse_oru(first)['control_id']}" in second
+    first = parse_oru(build_oru(source, incomplete, settings, created_at=CREATED))
+    second = parse_oru(build_oru(source, after, settings, created_at=CREATED + 60))
+    assert second["filler_order"] == first["filler_order"] and second["replaces"] == first["control_id"]
+    assert second["result_status"] == "P" and second["status"] == "complete"
 
 
 def test_a_newer_result_dead_letters_older_outputs_still_waiting(tmp_path: Path) -> None:
@@ -126,6 +149,6 @@ def test_a_newer_result_dead_letters_older_outputs_still_waiting(tmp_path: Path)
     states = {identity: (state, error) for identity, state, error in
               journal.query("SELECT identity, state, last_error FROM outbox")}
     assert states["2.25.1"][0] == "DEAD" and "superseded" in states["2.25.1"][1]
-    assert states["MN1"] == ("DELIVERED", None)  # already with the RIS: the new ORU corrects it
+    assert states["MN1"] == ("DELIVERED", None)  # already with the RIS: the new ORU replaces it
     assert states["2.25.2"][0] == states["MN2"][0] == "PENDING"
     assert delivered_identities(journal, UID) == {("oru", "MN1")}

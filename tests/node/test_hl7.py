@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from node.config import HL7Output
 from node.outputs.common import DISCLAIMER, NotApplicable
-from node.outputs.hl7 import build_oru, control_id, escape, parse_oru, unescape, validate_oru
+from node.outputs.hl7 import build_oru, control_id, escape, filler_order_number, parse_oru, unescape, validate_oru
 from node.outputs.mllp import MAX_ACK_BYTES, Ack, MLLPClient, MLLPError, message_charset
 from node.outputs.source import SourceStudy
 from tests.node.conftest import free_port
@@ -26,6 +26,7 @@ from tests.node.outputs_helpers import phantom_case, phantom_source, sample_resu
 CREATED = 1_717_243_200.25  # 2024-06-01 12:00:00.25 UTC
 SETTINGS = HL7Output(host="127.0.0.1", port=2575, sending_application="MAMMO_NODE", sending_facility="RADIOLOGY",
                      receiving_application="RIS", receiving_facility="HOSPITAL", validate_messages=True)
+EXAM_ORDER = SETTINGS.model_copy(update={"order_mode": "exam_order"})
 # hl7apy's copy of the v2.5.1 tables lacks CWE (0125) and SCT (0396); our local codes are 99MAMMO.
 KNOWN_TABLE_GAPS = {("CWE", "HL70125"), ("SCT", "HL70396"), ("99MAMMO", "HL70396"), ("NCIT", "HL70396")}
 
@@ -89,13 +90,15 @@ def test_phantom_orus_pass_strict_validation(phantom_dir: Path, tmp_path: Path) 
             "MAMMO_NODE", "RADIOLOGY", "RIS", "HOSPITAL"]
         header = source.header
         pid = segments(message, "PID")[0]
-        assert pid[3].split("^")[0] == header.PatientID
+        assert pid[3] == f"{header.PatientID}^^^{header.get('IssuerOfPatientID', '')}^MR"
         assert pid[5].split("^")[:2] == [header.PatientName.family_name, header.PatientName.given_name]
         assert pid[7] == header.PatientBirthDate and pid[8] == header.PatientSex
         orc, obr = segments(message, "ORC")[0], segments(message, "OBR")[0]
-        assert orc[1] == "RE" and orc[2] == orc[3] == header.AccessionNumber
-        assert obr[2] == obr[3] == header.AccessionNumber
-        assert obr[4] == f"MGSCREEN^{header.StudyDescription}^99MAMMO"
+        # A distinct AI result: its own service and filler order number, the exam's accession in OBR-18.
+        filler = f"{filler_order_number(source.study_uid, result)}^MAMMO_NODE"
+        assert orc[1] == "RE" and orc[2] == "" and orc[3] == filler
+        assert obr[2] == "" and obr[3] == filler and header.AccessionNumber not in filler
+        assert obr[4] == "AIMAMMO^AI mammography analysis^99MAMMO" and obr[18] == header.AccessionNumber
         assert obr[7] == header.StudyDate + header.StudyTime.split(".")[0]
         assert obr[22] == "20240601120000+0000" and obr[25] == "P"
         assert segments(message, "NTE")[0][1:] == ["1", "L", escape(DISCLAIMER)]
@@ -110,11 +113,13 @@ def test_phantom_orus_pass_strict_validation(phantom_dir: Path, tmp_path: Path) 
                                                     f"BI-RADS {result['breasts'][side]['birads']}", "99MAMMO"]
             density = obx_by_code(message, f"DENSITY-{side}")[0]
             assert density[5].split("^")[2] == "SCT" and density[4] == sub_id
-        lines = obx_by_code(message, "18782-3")
+        lines = [f for f in segments(message, "OBX") if f[3].split("^")[0] in ("18782-3", "19005-8", "18783-1")]
         assert len(lines) == len(result["report"]["text"].splitlines()) and all(f[2] == "TX" for f in lines)
+        assert obx_by_code(message, "18782-3")[0][5] == "FINDINGS:" and obx_by_code(message, "19005-8")
         assert [f[5] for f in obx_by_code(message, "MODEL-VERSAMAMMO")] == ["versamammo-demo 1.0.0"]
         assert [f[5] for f in obx_by_code(message, "MODEL-MAMMORG")] == ["mammorg-demo 1.0.0"]
-        assert [f[5] for f in obx_by_code(message, "STUDY-UID")] == [source.study_uid]
+        assert [f[5] for f in obx_by_code(message, "113014")] == [source.study_uid]
+        assert obx_by_code(message, "113014")[0][3] == "113014^Study^DCM" and not obx_by_code(message, "STUDY-UID")
 
 
 def test_findings_are_grouped_per_breast_with_sites_and_descriptors(phantom_dir: Path) -> None:
@@ -180,12 +185,13 @@ def test_special_characters_are_escaped_in_names_and_report_text(phantom_dir: Pa
 
     pid = segments(message, "PID")[0]
     assert len(pid) == 9  # no delimiter leaked into a field
-    assert pid[3] == "ID\\F\\7\\S\\X^^^HOSP\\T\\1"
+    assert pid[3] == "ID\\F\\7\\S\\X^^^HOSP\\T\\1^MR"
     assert pid[5] == "O\\F\\Brien\\T\\Co^Ann\\R\\Marie"
     patient = parsed.ORU_R01_PATIENT_RESULT.ORU_R01_PATIENT.PID
     assert patient.pid_5.xpn_1.to_er7() == "O\\F\\Brien\\T\\Co"  # one family-name field, one component
     assert patient.pid_5.xpn_2.to_er7() == "Ann\\R\\Marie"
-    assert segments(message, "OBR")[0][4] == "MGSCREEN^MG \\R\\ SCREEN \\F\\ BILAT^99MAMMO"
+    exam = build_oru(source, result, EXAM_ORDER, created_at=CREATED)
+    assert segments(exam, "OBR")[0][4] == "MGSCREEN^MG \\R\\ SCREEN \\F\\ BILAT^99MAMMO"
 
     lines = obx_by_code(message, "18782-3")
     assert lines[1][5] == "Pipe \\F\\ caret \\S\\ tilde \\R\\ backslash \\E\\ amp \\T\\ end"
@@ -216,8 +222,12 @@ def test_procedure_code_sequence_fills_obr4(phantom_dir: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "MAMSCR", "99HOSP", "Screening mammo"
-    message = build_oru(with_header(source, ProcedureCodeSequence=[item]), result, SETTINGS, created_at=CREATED)
+    coded = with_header(source, ProcedureCodeSequence=[item])
+    message = build_oru(coded, result, EXAM_ORDER, created_at=CREATED)
     assert segments(message, "OBR")[0][4] == "MAMSCR^Screening mammo^99HOSP"
+    # An AI result names the AI service, never the exam's procedure.
+    message = build_oru(coded, result, SETTINGS, created_at=CREATED)
+    assert segments(message, "OBR")[0][4] == "AIMAMMO^AI mammography analysis^99MAMMO"
 
 
 def test_missing_or_odd_demographics(phantom_dir: Path, tmp_path: Path) -> None:
@@ -228,7 +238,14 @@ def test_missing_or_odd_demographics(phantom_dir: Path, tmp_path: Path) -> None:
     strict(message, tmp_path)
     pid = segments(message, "PID")[0]
     assert pid[5] == "^^^^^^U" and pid[7] == "" and pid[8] == "U"
-    assert segments(message, "OBR")[0][4] == "MGSCREEN^Screening mammography, bilateral^99MAMMO"
+    assert segments(message, "OBR")[0][18] == ""
+    assert parse_oru(message)["accession"] == ""
+    exam = build_oru(odd, result, EXAM_ORDER, created_at=CREATED)
+    strict(exam, tmp_path)
+    assert segments(exam, "OBR")[0][4] == "MGSCREEN^Screening mammography, bilateral^99MAMMO"
+    other = EXAM_ORDER.model_copy(update={"exam_service_id": "MGDIAG^Diagnostic mammography^99HOSP"})
+    assert segments(build_oru(odd, result, other, created_at=CREATED), "OBR")[0][4] == (
+        "MGDIAG^Diagnostic mammography^99HOSP")
     with pytest.raises(NotApplicable, match="no PatientID") as excinfo:
         build_oru(with_header(source, PatientID=""), result, SETTINGS, created_at=CREATED)
     assert source.header.PatientName.family_name not in str(excinfo.value)
@@ -239,7 +256,7 @@ def test_validate_oru_rejects_a_broken_message_without_quoting_values(phantom_di
     message = build_oru(source, result, SETTINGS, created_at=CREATED)
     patient_id = source.header.PatientID
     with pytest.raises(ValueError, match="STRICT validation: ValidationError at PID_3"):
-        validate_oru(message.replace(f"PID|1||{patient_id}|", "PID|1|||", 1))
+        validate_oru(message.replace(f"PID|1||{patient_id}^^^^MR|", "PID|1|||", 1))
     with pytest.raises(ValueError, match="at OBX_11"):
         validate_oru(message.replace("||||||P\r", "||||||\r", 1))
     birth = source.header.PatientBirthDate
@@ -327,6 +344,140 @@ def test_disagreements_and_classifier_sources_are_flagged(phantom_dir: Path, tmp
     assert flags[0][4] == "1" and not obx_by_code(message, "DISAGREE-L")
     assert obx_by_code(message, "DENSITY-L")[0][17].startswith("VERSAMAMMO^")
     assert obx_by_code(message, "BIRADS-R")[0][17].startswith("MAMMORG^")
+
+
+def test_ai_result_is_its_own_order_linked_to_the_exam_order(phantom_dir: Path, tmp_path: Path) -> None:
+    """Issue 18.1: the AI result never lands on the exam's order: ORC/OBR-2 empty, OBR-3 the node's
+    filler order number, OBR-4 the AI service, OBR-18 the accession, OBR-26/29 the exam as parent."""
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    accession = source.header.AccessionNumber
+    ordered = with_header(source, PlacerOrderNumberImagingServiceRequest="PL-77",
+                          FillerOrderNumberImagingServiceRequest="FI^88")
+    message = build_oru(ordered, result, SETTINGS, created_at=CREATED)
+    strict(message, tmp_path)
+    orc, obr = segments(message, "ORC")[0], segments(message, "OBR")[0]
+    filler = filler_order_number(source.study_uid, result)
+    assert filler.startswith("AI") and len(filler) == 18 and accession not in message.split("OBR|")[0]
+    assert orc[2] == obr[2] == "" and orc[3] == obr[3] == f"{filler}^MAMMO_NODE"
+    assert obr[4] == "AIMAMMO^AI mammography analysis^99MAMMO" and obr[18] == accession
+    assert obr[26] == "18782-3&Radiology Study observation (narrative)&LN"
+    assert obr[29] == "PL-77^FI\\S\\88" and obr[25] == "P"
+    back = parse_oru(message)
+    assert (back["filler_order"], back["placer_order"], back["service"]) == (filler, "", "AIMAMMO")
+    assert back["parent"] == ("PL-77", "FI^88") and back["accession"] == accession
+    # The order numbers may come in the Request Attributes Sequence; only a filler number is fine.
+    item = Dataset()
+    item.FillerOrderNumberImagingServiceRequest = "FI-9"
+    requested = with_header(source, RequestAttributesSequence=[item])
+    message = build_oru(requested, result, SETTINGS, created_at=CREATED)
+    strict(message, tmp_path)
+    assert segments(message, "OBR")[0][29] == "^FI-9"
+    # Without any exam order number there is no parent link: the RIS matches OBR-18.
+    plain = segments(build_oru(source, result, SETTINGS, created_at=CREATED), "OBR")[0]
+    assert len(plain) == 26 and plain[18] == accession
+    # A site's own code for the AI service.
+    own = SETTINGS.model_copy(update={"service_id": "AI-MG^KI Mammographie^99HOSP"})
+    assert segments(build_oru(source, result, own, created_at=CREATED), "OBR")[0][4] == "AI-MG^KI Mammographie^99HOSP"
+
+
+def test_filler_order_number_is_stable_per_study_and_model_set(phantom_dir: Path) -> None:
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    filler = filler_order_number(source.study_uid, result)
+    upgraded = copy.deepcopy(result)
+    upgraded["models"]["versamammo"] = "versamammo-demo@2.0.0"
+    upgraded["breasts"]["R"]["birads"] = "3"
+    assert filler_order_number(source.study_uid, upgraded) == filler  # same models, new versions
+    assert control_id(source.study_uid, upgraded) != control_id(source.study_uid, result)
+    assert filler_order_number("1.2.3.4", result) != filler
+    fewer = copy.deepcopy(result)
+    del fewer["models"]["mammorg"]
+    assert filler_order_number(source.study_uid, fewer) != filler
+    # A result replacing an earlier one keeps that one's number, whatever its own models.
+    fewer["replaces"] = {"oru": {"control_id": "MN1", "filler_order_number": filler}}
+    assert filler_order_number(source.study_uid, fewer) == filler
+
+
+def test_exam_order_mode_keeps_the_old_shape(phantom_dir: Path, tmp_path: Path) -> None:
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    header = source.header
+    message = build_oru(source, result, EXAM_ORDER, created_at=CREATED)
+    strict(message, tmp_path)
+    orc, obr = segments(message, "ORC")[0], segments(message, "OBR")[0]
+    assert orc[2] == orc[3] == obr[2] == obr[3] == obr[18] == header.AccessionNumber
+    assert obr[4] == f"MGSCREEN^{header.StudyDescription}^99MAMMO" and len(obr) == 26
+    assert parse_oru(message)["accession"] == header.AccessionNumber
+
+
+def test_report_lines_are_coded_by_section(phantom_dir: Path, tmp_path: Path) -> None:
+    """Issue 18.3: findings 18782-3, impression 19005-8, recommendation 18783-1."""
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    result = copy.deepcopy(result)
+    result["report"]["text"] = ("FINDINGS:\nScattered fibroglandular densities.\n\nIMPRESSION:\nBI-RADS 2.\n"
+                                "Recommend routine screening in 1 year.\nRECOMMENDATION:\nAnnual follow-up.")
+    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    strict(message, tmp_path)
+    coded = [(f[3].split("^")[0], f[5]) for f in segments(message, "OBX") if f[2] == "TX"]
+    assert coded == [("18782-3", "FINDINGS:"), ("18782-3", "Scattered fibroglandular densities."), ("18782-3", ""),
+                     ("19005-8", "IMPRESSION:"), ("19005-8", "BI-RADS 2."),
+                     ("18783-1", "Recommend routine screening in 1 year."), ("18783-1", "RECOMMENDATION:"),
+                     ("18783-1", "Annual follow-up.")]
+    assert obx_by_code(message, "19005-8")[0][3] == "19005-8^Radiology Imaging study [Impression] (narrative)^LN"
+    assert obx_by_code(message, "18783-1")[0][3] == "18783-1^Radiology Study recommendation (narrative)^LN"
+    back = parse_oru(message)
+    assert back["report_text"] == result["report"]["text"]
+    assert back["sections"]["impression"] == ["IMPRESSION:", "BI-RADS 2."]
+    assert back["sections"]["recommendation"][0] == "Recommend routine screening in 1 year."
+    # Chinese headings, and a report with no heading at all (all findings).
+    result["report"]["text"] = "【影像所见】\n双乳未见异常。\n【诊断意见】\nBI-RADS 1\n建议：定期复查。"
+    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    assert [f[3].split("^")[0] for f in segments(message, "OBX") if f[2] == "TX"] == [
+        "18782-3", "18782-3", "19005-8", "19005-8", "18783-1"]
+    result["report"]["text"] = "No abnormality.\nBI-RADS 1"
+    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    assert {f[3].split("^")[0] for f in segments(message, "OBX") if f[2] == "TX"} == {"18782-3"}
+
+
+@pytest.mark.parametrize("processing_id", ["P", "T", "D"])
+def test_msh11_processing_id_from_config(phantom_dir: Path, tmp_path: Path, processing_id: str) -> None:
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    settings = SETTINGS.model_copy(update={"processing_id": processing_id})
+    message = build_oru(source, result, settings, created_at=CREATED)
+    strict(message, tmp_path)
+    assert message.split("|")[10] == processing_id and parse_oru(message)["processing_id"] == processing_id
+
+
+def test_pid3_has_issuer_type_and_the_other_patient_ids(phantom_dir: Path, tmp_path: Path) -> None:
+    """Issue 18.3: CX.4 from IssuerOfPatientID, CX.5 "MR", (0010,1002) items as PID-3 repetitions."""
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    others = []
+    for pid, issuer in (("H2-555", "HOSP2"), ("X~9", ""), (source.header.PatientID, "HOSP1")):
+        item = Dataset()
+        item.PatientID = pid
+        if issuer:
+            item.IssuerOfPatientID = issuer
+        others.append(item)
+    merged = with_header(source, IssuerOfPatientID="HOSP1", OtherPatientIDsSequence=others)
+    message = build_oru(merged, result, SETTINGS, created_at=CREATED)
+    parsed = strict(message, tmp_path)
+    patient_id = source.header.PatientID
+    assert segments(message, "PID")[0][3] == f"{patient_id}^^^HOSP1^MR~H2-555^^^HOSP2^MR~X\\R\\9^^^^MR"
+    pid3 = parsed.ORU_R01_PATIENT_RESULT.ORU_R01_PATIENT.PID.pid_3
+    assert [cx.cx_4.to_er7() for cx in pid3] == ["HOSP1", "HOSP2", ""] and {cx.cx_5.to_er7() for cx in pid3} == {"MR"}
+    back = parse_oru(message)
+    assert back["patient_id"] == patient_id
+    assert back["patient_ids"] == [(patient_id, "HOSP1", "MR"), ("H2-555", "HOSP2", "MR"), ("X~9", "", "MR")]
+
+
+@pytest.mark.parametrize("value", ["AIMAMMO", "AI^x", "^AI mammography^99MAMMO", "AI^x^", "A|I^x^L", "A&I^x^L"])
+def test_service_ids_must_be_code_text_system(value: str) -> None:
+    with pytest.raises(ValueError, match="code\\^text\\^system"):
+        HL7Output(host="h", port=1, service_id=value)
+    with pytest.raises(ValueError, match="code\\^text\\^system"):
+        HL7Output(host="h", port=1, exam_service_id=value)
+    with pytest.raises(ValueError):
+        HL7Output(host="h", port=1, order_mode="exam")
+    with pytest.raises(ValueError):
+        HL7Output(host="h", port=1, processing_id="X")
 
 
 # ---------------------------------------------------------------------- MLLP against hl7apy's server

@@ -103,6 +103,8 @@ def test_study_in_results_out_to_pacs_and_ris(lab, phantom_dir: Path) -> None:
     oru = parse_oru(lab.ris.received[0])
     assert oru["control_id"] == next(r.identity for r in rows if r.kind == "oru")
     assert oru["breasts"]["R"]["birads"] == result["breasts"]["R"]["birads"]
+    # A distinct AI result (its own service and filler order number), not the exam's order.
+    assert oru["service"] == "AIMAMMO" and oru["filler_order"].startswith("AI") and oru["study_uid"] == uid
 
 
 def test_ris_answers_ae_then_aa_and_refusal_is_dead_lettered_then_retried(lab, phantom_dir: Path) -> None:
@@ -119,6 +121,7 @@ def test_ris_answers_ae_then_aa_and_refusal_is_dead_lettered_then_retried(lab, p
     uid2 = lab.send_study(second)
     dead = wait_for(lambda: [r for r in lab.rows(uid2) if r.kind == "oru" and r.state == "DEAD"], timeout=90)[0]
     assert dead.attempts == 1 and "AR" in (dead.last_error or "")
+    assert "test RIS says" not in (dead.last_error or "")   # the RIS's own text (may carry patient data) is never kept
     data = lab.node.settings.data_dir
     env = {"MAMMO_NODE_NODE__DATA_DIR": str(data), "PATH": "/usr/bin:/bin"}
     listed = subprocess.run([sys.executable, "-m", "node.cli", "outbox", "list", "--state", "DEAD", "--json"],
@@ -228,7 +231,8 @@ def test_node_killed_while_sending_then_restarted_delivers_each_result_once(tmp_
 def test_a_study_processed_again_with_new_models_replaces_its_delivered_results(lab, phantom_dir: Path,
                                                                                  model_packages) -> None:
     """`studies retry` after a model upgrade: the new SRs name the delivered ones as predecessors
-    (PACS viewers show the newer as replacing the older), the new ORU is a correction of the first."""
+    (PACS viewers show the newer as replacing the older), the new ORU replaces the first: preliminary
+    again (HL7 "C" is for final results), the same filler order number, an NTE naming the first."""
     lab.start()
     uid = lab.send_study(_studies(phantom_dir)[0])
     first = {r.kind: r.identity for r in lab.delivered(uid)}
@@ -253,5 +257,8 @@ def test_a_study_processed_again_with_new_models_replaces_its_delivered_results(
         assert "PredecessorDocumentsSequence" not in old
     assert lab.ris.control_ids() == [first["oru"], second["oru"]]
     before, after = (parse_oru(m) for m in lab.ris.received)
-    assert before["result_status"] == "P" and after["result_status"] == "C"
-    assert first["oru"] in lab.ris.received[1] and after["accession"] == before["accession"]
+    assert before["result_status"] == "P" and after["result_status"] == "P"
+    assert after["filler_order"] == before["filler_order"] and after["filler_order"].startswith("AI")
+    assert before["replaces"] is None and after["replaces"] == first["oru"]
+    assert after["service"] == before["service"] == "AIMAMMO"
+    assert after["accession"] == before["accession"] != ""

@@ -1,0 +1,50 @@
+"""The shipped demo packages, judged the way a site meets them (bench.demo_quality): phantom studies
+from the bench's reserved seed sent to a real node, scored per breast from `studies show --json`.
+
+Conservative floors under what was measured when the packages were shipped (docs/training.md,
+"Judged through the node"), each also above the baseline the old demo packages reached, so a
+regression to models that do not read the images fails here. Where the repository ships no demo
+packages for the current DEMO_VERSION there is nothing to judge and the test says so.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import bench.demo_quality as dq
+from node.packages.demo import shipped_packages
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    shipped = shipped_packages()
+    if shipped is None:
+        pytest.skip("no demo packages shipped for this DEMO_VERSION in deploy/demo-models/")
+    out = tmp_path_factory.mktemp("demo-quality") / "quality.json"
+    code = dq.main(["--versamammo", str(shipped["versamammo"]), "--mammorg", str(shipped["mammorg"]),
+                    "--studies", "40", "--bootstrap", "0", "--out", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["states"] == {"DONE": 40}, doc["failed"]
+    return doc["scores"]
+
+
+def test_reported_density_is_right_for_most_breasts(scores: dict) -> None:
+    density = scores["density"]
+    assert density["reported"]["accuracy"]["value"] >= FLOORS["density_accuracy"], density
+
+
+def test_the_classifier_ranks_breasts_with_lesions_above_chance(scores: dict) -> None:
+    assert scores["lesion_auc"]["value"] >= FLOORS["lesion_auc"], scores["lesion_auc"]
+    assert scores["suspicious_auc"]["value"] >= FLOORS["suspicious_auc"], scores["suspicious_auc"]
+
+
+def test_the_generated_report_varies_with_the_image(scores: dict) -> None:
+    variety = scores["report_varies"]
+    assert variety["distinct"] >= FLOORS["distinct_reports"], variety
+
+
+FLOORS = {"density_accuracy": 0.80, "lesion_auc": 0.60, "suspicious_auc": 0.60, "distinct_reports": 15}
