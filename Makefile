@@ -13,7 +13,7 @@ DEMO_VERSION := $(shell sed -n 's/^DEMO_VERSION = "\(.*\)".*/\1/p' export/bootst
 DEMO_SHIPPED := $(wildcard deploy/demo-models/*@$(DEMO_VERSION)/manifest.json)
 
 ## make run: create .venv, install, make sure demonstration models are active (the shipped packages:
-## seconds, no torch; else trained on phantoms the first time, about 10-15 minutes on 2 cores, cached after),
+## seconds, no torch; else trained on phantoms the first time, about 40 minutes on 2 cores, cached after),
 ## start the node (Ctrl-C stops it)
 run: $(if $(word 2,$(DEMO_SHIPPED)),install,install-train)
 	$(VENV)/bin/mammo-node models bootstrap-demo --config $(CONFIG)

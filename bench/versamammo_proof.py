@@ -2,6 +2,7 @@
 
     python -m bench.versamammo_proof [--studies 600] [--ssl-iterations 600] [--distill-epochs 8] [--json OUT]
     python -m bench.versamammo_proof --device cuda --studies 4000 --distill-epochs 30   # a GPU machine
+    python -m bench.versamammo_proof --lesion-patches 8      # stage 2 from the lesion-patch start
 
 Runs ``training.versamammo.proof.run_proof`` on 2 CPU cores and prints, each beside its
 baseline: the SSL loss (first vs last iterations), the density linear probe of the SSL teacher
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--distill-epochs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: train on the GPU in bf16")
+    parser.add_argument("--lesion-patches", type=int, default=0, metavar="EPOCHS",
+                        help="start stage 2 from EPOCHS of lesion-patch pretraining (model.student_init)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
@@ -37,6 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     device = {} if args.device == "cpu" else {"run.device": args.device, "run.precision": "bf16"}
+    if args.lesion_patches:
+        device.update({"model.student_init": "lesion_patches", "patches.epochs": args.lesion_patches})
     result = run_proof(args.out / "run", args.out / "cache", studies=args.studies,
                        ssl_iterations=args.ssl_iterations, distill_epochs=args.distill_epochs, **device)
     result["seconds"] = round(time.perf_counter() - start, 1)

@@ -12,10 +12,10 @@ Recipe 2 (``RECIPE``): phantom version 2; VersaMammo stage 1 (short SSL: the tin
 feeds the relational distillation), the lesion-patch start (``model.student_init =
 "lesion_patches"``, training/versamammo/patches), stage 2, then MammoRG's three stages on the
 frozen student, and the per-field choice of reporting source on the validation split
-(training/mammorg/reporting.py). Sized for about 10-15 minutes on 2 CPU cores. Packages trained
-once with a longer run can be shipped in the repository (deploy/demo-models/, ``--ship``);
-``bootstrap-demo`` then installs those and ``--retrain`` reproduces them. ``--quick`` is a
-minutes-long recipe for tests of this code path only.
+(training/mammorg/reporting.py). About 40 minutes on 2 CPU cores, which is why the repository
+ships the packages this recipe made (deploy/demo-models/, ``--ship``): ``bootstrap-demo`` installs
+those without torch, and ``--retrain`` reproduces them. ``--quick`` is a minutes-long recipe for
+tests of this code path only.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from typing import Any
 DEMO_VERSION = "2.0.0"
 NAMES = {"versamammo": "versamammo-demo", "mammorg": "mammorg-demo"}
 RECIPE: dict[str, Any] = {
-    "studies": 160, "ssl_iterations": 150, "distill_epochs": 8,
-    "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 4, "patches.samples_per_epoch": 2048},
-    "mammorg": {"knowledge.epochs": 4, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12},
+    "studies": 600, "ssl_iterations": 150, "distill_epochs": 6,
+    "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 8, "patches.samples_per_epoch": 4096},
+    "mammorg": {"knowledge.epochs": 6, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12},
 }
 # Minutes on 2 cores: proves the code path (tests), not the models.
 QUICK_RECIPE: dict[str, Any] = {

@@ -42,9 +42,13 @@ def test_the_classifier_ranks_breasts_with_lesions_above_chance(scores: dict) ->
     assert scores["suspicious_auc"]["value"] >= FLOORS["suspicious_auc"], scores["suspicious_auc"]
 
 
-def test_the_generated_report_varies_with_the_image(scores: dict) -> None:
-    variety = scores["report_varies"]
-    assert variety["distinct"] >= FLOORS["distinct_reports"], variety
+def test_reported_birads_beats_the_majority_class(scores: dict) -> None:
+    birads = scores["birads"]
+    assert birads["reported"]["macro_f1"]["value"] >= FLOORS["birads_macro_f1"], birads
 
 
-FLOORS = {"density_accuracy": 0.80, "lesion_auc": 0.60, "suspicious_auc": 0.60, "distinct_reports": 15}
+# Measured for versamammo-demo@2.0.0 + mammorg-demo@2.0.0 (2026-12-07, 40 studies, seed 20261207):
+# density accuracy 0.975, BI-RADS macro-F1 0.267, lesion AUC 0.801, suspicious AUC 0.618; the 1.0.0
+# packages: 0.725, 0.127, 0.567, 0.461. The run is deterministic (same packages, seed and phantoms),
+# so the floors guard against a regression when packages are replaced, not against noise.
+FLOORS = {"density_accuracy": 0.90, "birads_macro_f1": 0.20, "lesion_auc": 0.70, "suspicious_auc": 0.55}

@@ -100,6 +100,10 @@ def run_proof(out_dir: Path, cache_dir: Path, *, studies: int, ssl_iterations: i
     teacher = run_ssl(cfg)
     first, last = ssl_loss_windows(Path(cfg.run.out_dir) / "ssl" / "metrics.jsonl", window)
     probe = probe_teachers(cfg, teacher, shots, seed=cfg.run.seed)
+    if cfg.model.student_init == "lesion_patches":
+        from training.versamammo.patches.train import run_patches
+
+        run_patches(cfg)
     student = run_distill(cfg)
     return {"config": {"studies": studies, "ssl_iterations": ssl_iterations, "distill_epochs": distill_epochs, **extra},
             "ssl": {"loss_first": first, "loss_last": last}, "probe": probe,
