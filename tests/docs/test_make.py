@@ -43,8 +43,10 @@ def test_make_run_installs_the_runtime_only_when_the_demo_packages_are_shipped(t
         for ref in packages:
             (shipped / ref).mkdir(parents=True)
             (shipped / ref / "manifest.json").write_text("{}")
-        out = subprocess.run(["make", "-n", "run", "CONFIG=node.toml"], cwd=tmp_path, capture_output=True,
-                             text=True, check=True).stdout.splitlines()
+        # Under `make test` (CI) the parent make's MAKEFLAGS/MAKELEVEL would turn on "Entering directory".
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        out = subprocess.run(["make", "--no-print-directory", "-n", "run", "CONFIG=node.toml"], cwd=tmp_path,
+                             capture_output=True, text=True, check=True, env=env).stdout.splitlines()
         assert out[1:] == [".venv/bin/mammo-node models bootstrap-demo --config node.toml",
                            ".venv/bin/mammo-node serve --config node.toml"], out
         return out[:1]
