@@ -45,8 +45,8 @@ class VersaMammoGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         grid = self.student.feature_grid(image.to(self.dtype))
-        pooled = grid.mean(dim=(2, 3))
-        feature = pooled.float()
+        feature = grid.mean(dim=(2, 3)).float()
+        pooled = self.student.head_input(grid)
         birads = self.student.birads_head(pooled).float().softmax(-1)
         density = self.student.density_head(pooled).float().softmax(-1)
         findings = self.student.findings_head(pooled).float().sigmoid()

@@ -58,8 +58,17 @@ class VersaMammoConfig:
     teacher_patch: int = 14
     teacher_layerscale: float = 1e-5
     teacher_interpolate_offset: float = 0.1  # DINOv2 positional-embedding interpolation offset
+    # What the student's classification heads see: "avg" (official: the global average of the
+    # feature grid) or "avg_max" (average and maximum side by side, twice the width): a lesion
+    # fills one or two cells of the grid and averaging dilutes it 30-60 times (docs/models.md).
+    student_head_pool: str = "avg"
+    # A 1x1-conv lesion map over the feature grid (one logit per cell), trained with box
+    # supervision where boxes exist (distill.lesion_map_weight). The official student has none.
+    student_lesion_map: bool = False
 
     def __post_init__(self) -> None:
+        if self.student_head_pool not in ("avg", "avg_max"):
+            raise ValueError(f"student_head_pool must be 'avg' or 'avg_max', not {self.student_head_pool!r}")
         if self.student_input % 32:
             raise ValueError(f"student_input {self.student_input} is not a multiple of 32")
         if self.student_grid != self.student_input // 32:

@@ -16,12 +16,14 @@ from models.versamammo_padding import apply_static_same_padding
 
 
 class VersaMammoStudent(nn.Module):
-    """EfficientNet backbone, global average pool, dropout, three linear heads.
+    """EfficientNet backbone, global pooling, dropout, three linear heads (and an optional lesion map).
 
     ``features`` is the pooled vector the official downstream code uses (2048-d for B5);
     ``feature_grid`` is the map before pooling (MammoRG takes the 16x16x2048 grid at 512 as 256
     tokens per view). Dropout acts only on what the heads see, as in the official
-    ``include_top`` model; the returned ``feature`` is never dropped out.
+    ``include_top`` model; the returned ``feature`` is never dropped out. With
+    ``cfg.student_head_pool = "avg_max"`` the heads see the grid's average and maximum;
+    with ``cfg.student_lesion_map`` a 1x1 conv gives one lesion logit per grid cell.
     """
 
     def __init__(self, cfg: VersaMammoConfig):
@@ -43,10 +45,12 @@ class VersaMammoStudent(nn.Module):
         dim = int(self.backbone.num_features)
         if dim != cfg.student_dim:
             raise ValueError(f"{cfg.student_backbone} has {dim} features, config says {cfg.student_dim}")
+        self.head_dim = dim * (2 if cfg.student_head_pool == "avg_max" else 1)
         self.dropout = nn.Dropout(cfg.student_dropout)
-        self.birads_head = nn.Linear(dim, cfg.n_birads)
-        self.density_head = nn.Linear(dim, cfg.n_density)
-        self.findings_head = nn.Linear(dim, cfg.n_findings)
+        self.birads_head = nn.Linear(self.head_dim, cfg.n_birads)
+        self.density_head = nn.Linear(self.head_dim, cfg.n_density)
+        self.findings_head = nn.Linear(self.head_dim, cfg.n_findings)
+        self.lesion_head = nn.Conv2d(dim, 1, kernel_size=1) if cfg.student_lesion_map else None
         self.load_notes: list[str] = []  # filled by the official loader
 
     def feature_grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,16 +61,34 @@ class VersaMammoStudent(nn.Module):
         """(N, dim) global-average-pooled feature, without dropout."""
         return self.feature_grid(x).mean(dim=(2, 3))
 
+    def head_input(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, head_dim): what the classification heads see (before dropout), per ``student_head_pool``."""
+        pooled = grid.mean(dim=(2, 3))
+        if self.cfg.student_head_pool == "avg_max":
+            pooled = torch.cat([pooled, grid.amax(dim=(2, 3))], dim=1)
+        return pooled
+
+    def lesion_map(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, grid, grid) lesion logits per feature-grid cell (``student_lesion_map`` only)."""
+        if self.lesion_head is None:
+            raise ValueError("this student has no lesion map (VersaMammoConfig.student_lesion_map is False)")
+        return self.lesion_head(grid)[:, 0]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled feature and the logits of the three heads (dropout 0.4 before the heads when training)."""
-        feature = self.features(x)
-        dropped = self.dropout(feature)
-        return {
+        """Pooled feature and the logits of the heads (dropout before the linear heads when training);
+        ``lesion_map`` (N, grid, grid) logits when the student has one."""
+        grid = self.feature_grid(x)
+        feature = grid.mean(dim=(2, 3))
+        dropped = self.dropout(self.head_input(grid))
+        out = {
             "feature": feature,
             "birads": self.birads_head(dropped),
             "density": self.density_head(dropped),
             "findings": self.findings_head(dropped),
         }
+        if self.lesion_head is not None:
+            out["lesion_map"] = self.lesion_map(grid)
+        return out
 
 
 def build_student(cfg: VersaMammoConfig) -> VersaMammoStudent:

@@ -43,6 +43,10 @@ class ModelSection(_Section):
     # or "lesion_patches": the student pretrained on lesion patches of the training set's boxes
     # (`mammo-train versamammo-patches`, output run.out_dir/patches/student_patches.pt).
     student_init: Literal["random", "lesion_patches"] = "random"
+    # Student head options over the preset (None keeps the preset's; models.versamammo_config):
+    # "avg_max" pooling for the heads, and the lesion map that distill.lesion_map_weight trains.
+    student_head_pool: Literal["avg", "avg_max"] | None = None
+    student_lesion_map: bool | None = None
 
 
 class DataSection(_Section):
@@ -125,6 +129,14 @@ class DistillSection(_Section):
     # frequency of the training labels, capped at 10x) for heavily imbalanced screening data.
     class_weights: Literal["none", "balanced"] = "none"
     teacher_features: Literal["offline", "online"] = "offline"
+    # Box supervision of the student's lesion map (model.student_lesion_map): balanced BCE per
+    # feature-grid cell on images whose boxes are known (training.data.lesion_map). Not in the
+    # paper (0 = the official loss); the tiny preset uses it to grow lesion features from little data.
+    lesion_map_weight: float = Field(default=0.0, ge=0)
+    # Learning rate of the backbone as a multiple of `lr` (the heads and lesion map get `lr`).
+    # 1 = the official single rate; below 1 keeps what a started student learnt (lesion patches)
+    # while fresh heads settle.
+    backbone_lr_mult: float = Field(default=1.0, gt=0, le=1)
 
 
 class PatchesSection(_Section):

@@ -65,3 +65,24 @@ def test_balanced_class_weights_equalise_total_class_mass() -> None:
     logits[:, 0] = 2.0
     target = torch.tensor([0, 1, -1])
     assert masked_ce(logits, target, w) > masked_ce(logits, target)
+
+
+def test_lesion_map_loss_balances_rare_lesion_cells_and_skips_unknown_maps() -> None:
+    from training.versamammo.distill.losses import lesion_map_loss
+
+    target = torch.zeros(2, 4, 4)
+    target[0, 1, 2] = 1.0
+    known = torch.tensor([1.0, 0.0])
+    # "nothing anywhere" is not a cheap answer: the one lesion cell weighs as much as the 15 others
+    silent = lesion_map_loss(torch.full((2, 4, 4), -6.0), target, known)
+    right = torch.full((2, 4, 4), -6.0)
+    right[0, 1, 2] = 6.0
+    assert silent > 2.9 and lesion_map_loss(right, target, known) < 0.01
+    # the unknown image (index 1) never counts, whatever the model says there
+    noisy = right.clone()
+    noisy[1] = 6.0
+    assert torch.isclose(lesion_map_loss(noisy, target, known), lesion_map_loss(right, target, known))
+    assert lesion_map_loss(right, target, torch.zeros(2)) == 0
+    # a batch of negatives only: plain BCE towards 0
+    assert torch.isclose(lesion_map_loss(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), torch.ones(1)),
+                         F.softplus(torch.tensor(0.0)))

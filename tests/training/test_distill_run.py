@@ -239,3 +239,43 @@ def test_a_late_rank_does_not_hang_on_the_teacher_feature_cache(tmp_path: Path) 
             proc.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert all(out.strip().endswith("ok 3") for out in outputs), outputs
+
+
+def test_box_supervised_lesion_map_trains_and_the_heads_see_avg_and_max(tmp_path: Path, teacher_file: Path) -> None:
+    """model.student_lesion_map + distill.lesion_map_weight: the lesion-map term is logged, the saved
+    student carries the map and the avg_max heads, and a run asking for the map without it fails."""
+    cfg = _cfg(tmp_path / "a", teacher_file, **{"distill.epochs": 1, "distill.lesion_map_weight": 1.0,
+                                                "model.student_lesion_map": True,
+                                                "model.student_head_pool": "avg_max"})
+    best = run_distill(cfg)
+    student = load_checkpoint(best, kind="student")
+    assert student.cfg.student_lesion_map and student.cfg.student_head_pool == "avg_max"
+    assert student.birads_head.in_features == 2 * student.cfg.student_dim
+    out = student(torch.zeros(1, 3, 256, 256))
+    assert out["lesion_map"].shape == (1, 8, 8)
+    logged = [r for r in read_metrics(tmp_path / "a" / "run" / "distill" / "metrics.jsonl") if "loss" in r]
+    assert logged and all(np.isfinite(r["lesion_map"]) and r["lesion_map"] > 0 for r in logged)
+    with pytest.raises(ValueError, match="student_lesion_map"):
+        run_distill(_cfg(tmp_path / "b", teacher_file, **{"distill.lesion_map_weight": 1.0,
+                                                          "model.student_lesion_map": False}))
+
+
+def test_a_started_student_takes_the_runs_heads() -> None:
+    """A student pretrained with plain heads starts a run that asks for others: the backbone is
+    carried over exactly, the heads that fit are kept, the new ones start afresh and are named."""
+    from dataclasses import replace
+
+    from models.versamammo import build_student
+    from training.versamammo.distill.train import adopt_heads
+
+    torch.manual_seed(0)
+    plain = build_student(config_for("tiny"))
+    assert adopt_heads(plain, plain.cfg) is plain
+    richer = adopt_heads(plain, replace(plain.cfg, student_lesion_map=True))
+    for key, value in plain.backbone.state_dict().items():
+        assert torch.equal(value, richer.backbone.state_dict()[key]), key
+    assert torch.equal(plain.birads_head.weight, richer.birads_head.weight)
+    assert richer.load_notes == ["lesion_head: new for this run's heads, randomly initialised"]
+    wider = adopt_heads(plain, replace(plain.cfg, student_head_pool="avg_max"))
+    assert wider.birads_head.in_features == 2 * plain.cfg.student_dim
+    assert {n.split(":")[0] for n in wider.load_notes} == {"birads_head", "density_head", "findings_head"}

@@ -9,7 +9,9 @@ tensor; it then owns augmentation *and* normalisation (e.g. ``models.preprocess.
 its end). Without it the image is ``normalize(image, cfg)``: float32 (C, H, W).
 
 Item: ``image``, ``birads`` (int, -1 = unlabelled), ``density`` (int, -1), ``findings`` (float32
-(10,) multi-hot), ``findings_mask`` (float32 scalar, 0 when findings are unlabelled), ``index``.
+(10,) multi-hot), ``findings_mask`` (float32 scalar, 0 when findings are unlabelled), ``index``;
+with ``lesion_grid`` also ``lesion_map`` (float32 (g, g), training.data.lesion_map) and
+``lesion_map_known`` (float32 scalar).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch.utils.data import Dataset
 from models.labels import FINDING_CLASSES
 from models.preprocess import PreparedImage, PreprocessConfig, normalize, prepare_uint8
 from training.data.cache import PreprocessedCache
+from training.data.lesion_map import lesion_grid_target
 from training.data.records import ImageRecord
 
 
@@ -31,8 +34,10 @@ class MammoImageDataset(Dataset):
 
     def __init__(self, records: Sequence[ImageRecord], cfg: PreprocessConfig,
                  cache: PreprocessedCache | None = None,
-                 transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+                 lesion_grid: int | None = None) -> None:
         self.records = list(records)
+        self.lesion_grid = lesion_grid
         self.cfg = cfg
         self.cache = cache
         self.transform = transform
@@ -49,7 +54,8 @@ class MammoImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        img8 = self.prepared(index).image
+        prepared = self.prepared(index)
+        img8 = prepared.image
         if self.transform is not None:
             image = self.transform(img8)
         else:
@@ -57,7 +63,7 @@ class MammoImageDataset(Dataset):
         findings = torch.zeros(len(FINDING_CLASSES), dtype=torch.float32)
         if rec.findings:
             findings[list(rec.findings)] = 1.0
-        return {
+        item: dict[str, Any] = {
             "image": image,
             "birads": -1 if rec.birads is None else int(rec.birads),
             "density": -1 if rec.density is None else int(rec.density),
@@ -65,3 +71,8 @@ class MammoImageDataset(Dataset):
             "findings_mask": torch.tensor(0.0 if rec.findings is None else 1.0, dtype=torch.float32),
             "index": index,
         }
+        if self.lesion_grid:
+            target, known = lesion_grid_target(rec, prepared, self.cfg, self.lesion_grid)
+            item["lesion_map"] = torch.from_numpy(target)
+            item["lesion_map_known"] = torch.tensor(1.0 if known else 0.0, dtype=torch.float32)
+        return item

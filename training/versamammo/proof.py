@@ -26,6 +26,7 @@ from training.config import load_train_config
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "versamammo_tiny.toml"
 LESION_CLASSES = (0, 3, 4, 5)  # BI-RADS heads' classes that mean "something is there"
+SUSPICIOUS_CLASSES = (4, 5)    # BI-RADS 4 and 5: biopsy recommended
 
 
 def proof_config(out_dir: Path, cache_dir: Path, studies: int, ssl_iterations: int, distill_epochs: int,
@@ -86,6 +87,8 @@ def student_metrics(cfg: Any) -> dict[str, Any]:
         "birads_macro_f1": report["birads"]["macro_f1"]["value"],
         "birads_majority_macro_f1": macro_f1(yb[keep], np.full(keep.sum(), majority), pb.shape[1]),
         "lesion_auc": binary_auc(lesion, pb[keep][:, list(LESION_CLASSES)].sum(1)),
+        "suspicious_auc": binary_auc(np.isin(yb[keep], SUSPICIOUS_CLASSES).astype(int),
+                                     pb[keep][:, list(SUSPICIOUS_CLASSES)].sum(1)),
         "report": report,
     }
 

@@ -37,7 +37,7 @@ def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...])
 
 @dataclass
 class TwoViewTransform:
-    """uint8 (H, W) -> {"high": (3,S,S), "low": (3,L,L)[, "teacher": (3,T,T)]} tensors."""
+    """uint8 (H, W) -> {"high": (3,S,S), "high_flipped": bool, "low": (3,L,L)[, "teacher": (3,T,T)]}."""
 
     model: VersaMammoConfig
     low_res_size: int
@@ -56,9 +56,11 @@ class TwoViewTransform:
         base = torch.from_numpy(np.ascontiguousarray(img8)).unsqueeze(0)  # (1,H,W) uint8
         mean, std = self.model.student_norm
         high = base
-        if self.train and torch.rand(()) < 0.5:
+        flipped = bool(self.train and torch.rand(()) < 0.5)
+        if flipped:
             high = torch.flip(high, dims=[2])
-        views = {"high": _normalise(high.float() / 255.0, mean, std)}
+        # "high_flipped": box targets (lesion map) follow the mirror of the high-resolution view
+        views = {"high": _normalise(high.float() / 255.0, mean, std), "high_flipped": torch.tensor(flipped)}
         if self.train:
             low = self._low(base)
         else:

@@ -2,6 +2,7 @@
 
     total = L_contrastive(high, low) + kd_weight * L_KD(teacher, student)
             + ce_weight * (CE_birads + CE_density) + findings_weight * BCE_findings
+            [+ lesion_map_weight * L_lesion_map(boxes)]
 
 (official weights: kd 1, ce 10, contrastive 1; findings BCE only where findings are labelled).
 The teacher is frozen; its features are either computed once for every training image and
@@ -32,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models.versamammo import (
-    VersaMammoConfig, VersaMammoStudent, build_student, config_for, load_checkpoint, load_official_student,
+    VersaMammoConfig, VersaMammoStudent, build_student, load_checkpoint, load_official_student,
     load_official_teacher, read_checkpoint, save_checkpoint,
 )
 from training import distributed as du
@@ -42,18 +43,20 @@ from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset
 from training.data.records import ImageRecord, load_records
 from training.data.sampling import SeededBatchSampler
-from training.eval.classification import accuracy, macro_f1
+from training.eval.classification import accuracy, binary_auc, macro_f1
 from training.metrics_log import MetricsLogger
 from training.versamammo.distill.data import SeededDataset, TwoViewTransform, student_preprocess_config, teacher_input
 from training.versamammo.distill.losses import (
-    class_weights, contrastive_structure_loss, masked_bce, masked_ce, relational_kd_loss,
+    class_weights, contrastive_structure_loss, lesion_map_loss, masked_bce, masked_ce, relational_kd_loss,
 )
+from training.versamammo.student_config import student_model_config
 
 log = logging.getLogger(__name__)
 
 BEST = "student_best.pt"
 LAST = "student_last.pt"
 FEATURES = "teacher_features.pt"
+LESION_CLASSES = (0, 3, 4, 5)  # BI-RADS head classes that mean "something is there"
 
 
 @contextlib.contextmanager
@@ -111,9 +114,31 @@ def load_student(cfg: Any, model_cfg: VersaMammoConfig) -> VersaMammoStudent:
         info = read_checkpoint(path)
     except (ValueError, KeyError, TypeError):
         info = None
-    if info is not None:
-        return load_checkpoint(path, kind="student")
-    return load_official_student(path)
+    start = load_checkpoint(path, kind="student") if info is not None else load_official_student(path)
+    return adopt_heads(start, model_cfg)
+
+
+def adopt_heads(start: VersaMammoStudent, model_cfg: VersaMammoConfig) -> VersaMammoStudent:
+    """``start``'s weights in a student of ``model_cfg``'s architecture: the run decides the heads.
+
+    The backbone must match exactly; heads (and the lesion map) are kept where their shapes fit
+    and start afresh where the run asks for other ones (e.g. ``avg_max`` pooling on a student
+    pretrained with ``avg``). Returns ``start`` itself when nothing differs.
+    """
+    if start.cfg == model_cfg:
+        return start
+    student = build_student(model_cfg)
+    student.backbone.load_state_dict(start.backbone.state_dict(), strict=True)
+    own = student.state_dict()
+    kept = {k: v for k, v in start.state_dict().items()
+            if not k.startswith("backbone.") and k in own and own[k].shape == v.shape}
+    student.load_state_dict(kept, strict=False)
+    fresh = sorted({k.split(".")[0] for k in own if not k.startswith("backbone.") and k not in kept})
+    student.load_notes = list(start.load_notes) + [f"{name}: new for this run's heads, randomly initialised"
+                                                   for name in fresh]
+    for note in student.load_notes:
+        log.info("starting student: %s", note)
+    return student.train(start.training)
 
 
 def find_teacher(cfg: Any) -> Path:
@@ -222,6 +247,10 @@ def selection_score(pred: dict[str, np.ndarray]) -> dict[str, float]:
                                   if b_keep.any() else float("nan"))
     parts = [v for v in metrics.values() if not np.isnan(v)]
     metrics["score"] = float(np.mean(parts)) if parts else 0.0
+    # logged beside the score (not part of it): does the BI-RADS head find lesions at all?
+    lesion = np.isin(yb[b_keep], LESION_CLASSES).astype(int)
+    if b_keep.any() and 0 < lesion.sum() < len(lesion):
+        metrics["lesion_auc"] = binary_auc(lesion, pred["birads"][b_keep][:, list(LESION_CLASSES)].sum(1))
     return metrics
 
 
@@ -250,7 +279,11 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     du.seed_everything(cfg.run.seed)
     out_dir = Path(cfg.run.out_dir) / "distill"
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg = config_for(cfg.model.size)
+    model_cfg = student_model_config(cfg)
+    if dcfg.lesion_map_weight > 0 and not model_cfg.student_lesion_map:
+        raise ValueError("distill.lesion_map_weight > 0 needs a student with a lesion map "
+                         "(model.student_lesion_map = true)")
+    lesion_grid = model_cfg.student_grid if dcfg.lesion_map_weight > 0 else None
     records = load_records(cfg.data)
     train_records, val_records = _split(records, "train"), _split(records, "val")
     if not train_records:
@@ -259,7 +292,8 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     cache = PreprocessedCache(cfg.data.cache_dir) if cfg.data.cache_dir else None
     online = dcfg.teacher_features == "online"
     train_set = MammoImageDataset(train_records, pre, cache,
-                                  TwoViewTransform(model_cfg, dcfg.low_res_size, train=True, online_teacher=online))
+                                  TwoViewTransform(model_cfg, dcfg.low_res_size, train=True, online_teacher=online),
+                                  lesion_grid=lesion_grid)
     val_set = MammoImageDataset(val_records, pre, cache, TwoViewTransform(model_cfg, dcfg.low_res_size, train=False))
 
     teacher_path = find_teacher(cfg)
@@ -273,7 +307,10 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     module: nn.Module = DistillModule(student)
     if info.distributed:
         module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(student.parameters(), lr=dcfg.lr, weight_decay=dcfg.weight_decay)
+    backbone = list(student.backbone.parameters())
+    heads = [p for name, p in student.named_parameters() if not name.startswith("backbone.")]
+    optimizer = torch.optim.Adam([{"params": backbone, "lr": dcfg.lr * dcfg.backbone_lr_mult}, {"params": heads}],
+                                 lr=dcfg.lr, weight_decay=dcfg.weight_decay)
     precision = cfg.run.precision if device.type == "cuda" else ("bf16" if cfg.run.precision == "bf16" else "fp32")
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
 
@@ -369,8 +406,15 @@ def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_
     con = contrastive_structure_loss(feature, low_feat.float(), dcfg.contrastive_temperature)
     bce = masked_bce(out["findings"].float(), batch["findings"].to(device), batch["findings_mask"].to(device))
     loss = dcfg.contrastive_weight * con + dcfg.kd_weight * kd + dcfg.ce_weight * ce + dcfg.findings_weight * bce
-    parts = {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(), "contrastive": con.item(),
-             "findings_bce": bce.item()}
+    parts = {"ce": ce.item(), "kd": kd.item(), "contrastive": con.item(), "findings_bce": bce.item()}
+    if getattr(dcfg, "lesion_map_weight", 0.0) > 0:
+        target = batch["lesion_map"].to(device)
+        flipped = views["high_flipped"].to(device)
+        target = torch.where(flipped[:, None, None], target.flip(-1), target)  # follow the high view's mirror
+        lesion = lesion_map_loss(out["lesion_map"], target, batch["lesion_map_known"].to(device))
+        loss = loss + dcfg.lesion_map_weight * lesion
+        parts["lesion_map"] = lesion.item()
+    parts["loss"] = loss.item()
     return loss, parts
 
 
