@@ -11,6 +11,10 @@
    full-size study at once (target < 300 MB: nothing buffers a study).
 3. Assembly: for every study, how long after ``four views + settle`` it was marked COMPLETE
    (target <= 100 ms).
+4. Receive checks (issue 17): per full-size image, the time of the structure walk and the
+   pixel-module/codestream checks added before acknowledging, for Explicit VR, JPEG-LS and
+   Deflated images, as a share of the node's time per image in (1) (target < 10%).
+   ``--checks-only`` runs this part alone (on the node rate of ``--node-rate`` img/s).
 
 These machines are noisy: compare the ratio, not the absolute numbers.
 """
@@ -190,19 +194,95 @@ def memory_and_assembly(files: list[Path]) -> dict:
             "studies": len(studies), "complete_after_settle_ms": delays}
 
 
+def _syntax_files(syntax: str, images: int) -> list[Path]:
+    """A full-size study in a transfer syntax, generated once and cached."""
+    from training.data.phantom import PhantomOptions, write_phantom_studies
+
+    if syntax == "explicit" and CACHE.exists():
+        return sorted(CACHE.glob("study-*/*.dcm"))[:images]
+    cache = ROOT / "bench" / "out" / f"phantoms-full-{syntax}"
+    if not (cache / "done").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"generating a full-size {syntax} phantom study (cached in {cache}) ...", flush=True)
+        write_phantom_studies(cache, 1, seed=2027, options=PhantomOptions(size="full", transfer_syntax=syntax))
+        (cache / "done").write_text("ok")
+    return sorted(cache.glob("study-*/*.dcm"))[:images]
+
+
+def _header_read_before_issue_17(path: Path) -> None:
+    """What the receive path did before the added checks: pydicom's lenient header read."""
+    from pydicom import dcmread
+
+    ds = dcmread(path, defer_size=1024)
+    for tag in list(ds.keys()):
+        if tag != 0x7FE00010:
+            ds[tag]
+
+
+def receive_checks(syntaxes: list[str], images: int, node_rate: float, repeat: int = 5) -> dict:
+    """Milliseconds per image of the receive-time inspection now (structure walk, header read,
+    identifier, pixel-module and codestream checks) against the header read it replaced, and the
+    difference as a share of the node's time per image."""
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    from node.dicom.inspect import DEFAULT_MAX_INFLATED, inspect_instance
+    from node.dicom.structure import check_structure
+
+    per_image_ms = 1000.0 / node_rate
+    out: dict = {"node_rate_img_s": node_rate, "node_ms_per_image": per_image_ms, "syntaxes": {}}
+    for syntax in syntaxes:
+        files = _syntax_files(syntax, images)
+        walk, before, now = [], [], []
+        for path in files:
+            ds = dcmread(path, stop_before_pixels=True)
+            ts = UID(ds.file_meta.TransferSyntaxUID)
+            for _ in range(repeat):
+                start = time.perf_counter()
+                check_structure(path, ts.is_implicit_VR, ts.is_deflated, DEFAULT_MAX_INFLATED)
+                walk.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                _header_read_before_issue_17(path)
+                before.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                inspect_instance(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+                now.append(time.perf_counter() - start)
+        row = {"images": len(files), "walk_ms": statistics.median(walk) * 1000,
+               "before_ms": statistics.median(before) * 1000, "now_ms": statistics.median(now) * 1000}
+        row["added_ms"] = row["now_ms"] - row["before_ms"]
+        row["added_share_of_node_time"] = row["added_ms"] / per_image_ms
+        out["syntaxes"][syntax] = row
+        print(f"checks {syntax}: inspection {row['now_ms']:.2f} ms per image (structure walk {row['walk_ms']:.2f}) "
+              f"vs {row['before_ms']:.2f} ms before; added {row['added_ms']:+.2f} ms = "
+              f"{100 * row['added_share_of_node_time']:+.1f}% of the node's {per_image_ms:.0f} ms per image "
+              f"(target < 10%)", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "ingest.json")
+    parser.add_argument("--checks-syntaxes", default="explicit,jpeg-ls,deflated")
+    parser.add_argument("--checks-only", action="store_true", help="only part 4, against --node-rate")
+    parser.add_argument("--node-rate", type=float, default=None, help="node img/s for --checks-only")
     args = parser.parse_args()
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    syntaxes = [s for s in args.checks_syntaxes.split(",") if s]
+    if args.checks_only:
+        if not args.node_rate:
+            sys.exit("--checks-only needs --node-rate (img/s from a full run)")
+        result = {"receive_checks": receive_checks(syntaxes, min(args.images, 4), args.node_rate)}
+        args.json.write_text(json.dumps(result, indent=2))
+        return
     files = phantom_files(args.images)
     size_mb = sum(f.stat().st_size for f in files) / 2**20
     print(f"{len(files)} images, {size_mb:.0f} MB; {args.rounds} alternating rounds", flush=True)
     result = {"images": len(files), "megabytes": size_mb, "cpu_count": os.cpu_count()}
     result["throughput"] = throughput(files, args.rounds)
     result["memory_assembly"] = memory_and_assembly(files)
+    result["receive_checks"] = receive_checks(syntaxes, 4, result["throughput"]["node_median"])
     t, m = result["throughput"], result["memory_assembly"]
     print()
     print(f"throughput: node {t['node_median']:.1f} img/s, storescp {t['storescp_median']:.1f} img/s, "

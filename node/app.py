@@ -19,7 +19,7 @@ from node.config import Settings
 from node.dicom.scp import DicomListener
 from node.inference.engine import InferenceEngine, ModelUnavailable
 from node.journal import Journal
-from node.logref import set_log_phi
+from node.logref import install_library_filter, set_log_phi
 from node.packages.registry import ModelRegistry
 from node.audit import AuditLog
 from node.http_api import HttpApi
@@ -41,6 +41,7 @@ class NodeApp:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         set_log_phi(settings.node.log_phi)
+        install_library_filter()
         self.journal = Journal(settings.journal_path)
         self.assembler = Assembler(self.journal, settings.assembly)
         self.store = InstanceStore(settings, self.journal, self.assembler)

@@ -57,6 +57,14 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _t(value: Any) -> str:
+    """A value that came from a data set (or a peer), escaped for rich markup: an AccessionNumber
+    of "[/bold]" must print as such, not break the table for every study."""
+    from rich.markup import escape
+
+    return escape("" if value is None else str(value))
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -171,7 +179,7 @@ def send(
     else:
         for r in failed:
             status = "not sent" if r.status is None else f"0x{r.status:04X}"
-            console.print(f"[red]{r.path}: {status} {r.comment}[/red]", highlight=False)
+            console.print(f"[red]{_t(r.path)}: {status} {_t(r.comment)}[/red]", highlight=False)
         console.print(f"{len(results) - len(failed)} of {len(results)} file(s) stored at {host}:{port}")
     raise typer.Exit(1 if failed else 0)
 
@@ -211,8 +219,8 @@ def studies_list(
     for column in ("key", "state", "accession", "images", "first received", "closed", "study UID"):
         table.add_column(column)
     for s in studies:
-        table.add_row(study_key(s.study_uid), s.state, s.accession_number or "-", str(s.instance_count),
-                      _when(s.first_received_at), _when(s.closed_at), s.study_uid)
+        table.add_row(study_key(s.study_uid), s.state, _t(s.accession_number or "-"), str(s.instance_count),
+                      _when(s.first_received_at), _when(s.closed_at), _t(s.study_uid))
     console.print(table)
 
 
@@ -223,7 +231,7 @@ def _resolve_study(journal, ident: str) -> str:
     if not matches and ident.startswith("s-"):
         matches = [s.study_uid for s in journal.list_studies() if study_key(s.study_uid) == ident]
     if len(matches) != 1:
-        err_console.print(f"[red]{'no' if not matches else 'more than one'} study matches {ident!r}[/red]")
+        err_console.print(f"[red]{'no' if not matches else 'more than one'} study matches {_t(repr(ident))}[/red]")
         raise typer.Exit(1)
     return matches[0]
 
@@ -264,31 +272,31 @@ def studies_show(
     if as_json:
         _print_json(data)
         return
-    console.print(f"[bold]Study[/bold] {study.study_uid} ({data['key']})  state [bold]{study.state}[/bold]")
-    console.print(f"accession {study.accession_number or '-'}  patient {study.patient_id or '-'}  "
+    console.print(f"[bold]Study[/bold] {_t(study.study_uid)} ({data['key']})  state [bold]{study.state}[/bold]")
+    console.print(f"accession {_t(study.accession_number or '-')}  patient {_t(study.patient_id or '-')}  "
                   f"{len(instances)} instance(s)")
     if study.close_reason:
-        console.print(f"closed {_when(study.closed_at)}: {study.close_reason}")
+        console.print(f"closed {_when(study.closed_at)}: {_t(study.close_reason)}")
     views = Table(title="Four-view positions")
     for column in ("position", "SOP Instance UID", "why"):
         views.add_column(column)
     for position in ("R-CC", "R-MLO", "L-CC", "L-MLO"):
         chosen = selection["positions"].get(position)
-        views.add_row(position, chosen["sop_instance_uid"] if chosen else "[red]missing[/red]",
-                      chosen["why"] if chosen else "")
+        views.add_row(position, _t(chosen["sop_instance_uid"]) if chosen else "[red]missing[/red]",
+                      _t(chosen["why"]) if chosen else "")
     console.print(views)
     if selection["extras"]:
         extras = Table(title="Other images (kept, not used)")
         for column in ("view", "SOP Instance UID", "why"):
             extras.add_column(column)
         for extra in selection["extras"]:
-            extras.add_row(extra["label"], extra["sop_instance_uid"], extra["why"])
+            extras.add_row(_t(extra["label"]), _t(extra["sop_instance_uid"]), _t(extra["why"]))
         console.print(extras)
     history = Table(title="State history")
     for column in ("at", "from", "to", "reason"):
         history.add_column(column)
     for event in study.events:
-        history.add_row(_when(event["at"]), event["from_state"] or "-", event["to_state"], event["reason"])
+        history.add_row(_when(event["at"]), event["from_state"] or "-", event["to_state"], _t(event["reason"]))
     console.print(history)
     _print_result(data["result"])
 
@@ -312,7 +320,7 @@ def _print_result(result: dict[str, Any] | None) -> None:
         console.print(f"[yellow]{d['breast']} {d['field']}: report {d['report']}, classifier {d['classifier']}[/yellow]")
     console.print(f"models: {', '.join(f'{k} {v}' for k, v in sorted(result['models'].items()))}")
     if result.get("report"):
-        console.print(result["report"]["text"], highlight=False)
+        console.print(result["report"]["text"], highlight=False, markup=False)
 
 
 @studies_app.command("retry")
@@ -380,6 +388,13 @@ def status(as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) ->
     from node.packages.registry import ModelRegistry
 
     data["models"] = ModelRegistry(settings.models_dir).active()
+    from node.outputs.common import installation_device_uid
+
+    try:  # the Device Observer UID our SRs carry (issue 18.9), made at the node's first start
+        data["device_uid"] = installation_device_uid(settings.data_dir, create=False)
+    except ValueError as exc:
+        data["device_uid"] = None
+        data["device_uid_error"] = str(exc)
     if settings.data_dir.exists():
         usage = shutil.disk_usage(settings.data_dir)
         data["disk_free_mb"] = usage.free // (1024 * 1024)
@@ -397,6 +412,9 @@ def status(as_json: bool = JsonOption, config: Optional[Path] = ConfigOption) ->
                   + ("  [red]below node.min_free_mb: new instances are refused[/red]" if data.get("disk_low") else ""))
     models = ", ".join(f"{k} {v}" for k, v in sorted(data["models"].items())) or "none active"
     console.print(f"models: {models}")
+    console.print(f"device UID (SR observer): {data['device_uid'] or 'not assigned yet (made at the first start)'}"
+                  + (f"  [red]{data['device_uid_error']}[/red]" if data.get("device_uid_error") else ""),
+                  highlight=False)
     states = ", ".join(f"{k} {v}" for k, v in sorted(data["studies"].items())) or "none"
     console.print(f"studies: {states}")
     console.print(f"instances {data.get('instances', 0)}, duplicates {data.get('duplicates', 0)}, "

@@ -88,6 +88,9 @@ class DicomSection(_Section):
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
+    # A deflated data set may inflate to at most this much (a deflate bomb is refused before it
+    # is read); a few times the largest mammogram (about 40 MB).
+    max_inflated_mb: int = Field(default=160, ge=1)
     tls: TLSSection = Field(default_factory=TLSSection)
 
     @field_validator("ae_title")
@@ -128,6 +131,9 @@ class AssemblySection(_Section):
     quiet_seconds: float = Field(default=120.0, gt=0)
     deadline_seconds: float = Field(default=3600.0, gt=0)
     incomplete_policy: Literal["report", "partial", "skip"] = "report"
+    # An image whose laterality/view attributes contradict each other: kept as an extra that
+    # serves no position ("extra"), or refused at receive with A900 and quarantined ("refuse").
+    view_conflicts: Literal["extra", "refuse"] = "extra"
 
     @model_validator(mode="after")
     def _ordered(self) -> "AssemblySection":

@@ -162,7 +162,7 @@ class Pipeline:
         versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
         finished_at = time.time()
         try:
-            outputs = self._plan_outputs(study_uid, result)
+            outputs = self._plan_outputs(study_uid, result, finished_at)
         except Exception as exc:  # unreadable headers, a bug: keep the study visible and retryable
             log.exception("study %s: planning its outputs failed", study_ref(study_uid))
             return self._fail(study_uid, f"planning the outputs failed ({type(exc).__name__}: {exc})")
@@ -173,7 +173,7 @@ class Pipeline:
             self.on_done(study_uid, DONE, result)
         return DONE
 
-    def _plan_outputs(self, study_uid: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    def _plan_outputs(self, study_uid: str, result: dict[str, Any], created_at: float) -> list[dict[str, Any]]:
         """The outbox rows of this result (rendered later, on the delivery threads). A result that
         changes an earlier, delivered one records what it replaces (node.outputs.amend)."""
         if self.outputs is None or not self.outputs.enabled:
@@ -186,7 +186,7 @@ class Pipeline:
         if source is None:
             log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
             return []
-        return self.outputs.plan(source, result)
+        return self.outputs.plan(source, result, created_at)
 
     def _fail(self, study_uid: str, reason: str) -> str:
         self.journal.transition(study_uid, PROCESSING, FAILED, reason[:500])

@@ -33,6 +33,7 @@ class Candidate:
     acquired: str
     instance_number: int
     duplicate: bool
+    conflicts: tuple[str, ...] = ()
 
 
 def candidate_from_view(instance_id: int, sop_instance_uid: str, view: dict[str, Any], duplicate: bool) -> Candidate:
@@ -47,6 +48,7 @@ def candidate_from_view(instance_id: int, sop_instance_uid: str, view: dict[str,
         acquired=str(view.get("acquired", "")),
         instance_number=int(view.get("instance_number") or 0),
         duplicate=duplicate,
+        conflicts=tuple(view.get("conflicts") or ()),
     )
 
 
@@ -87,6 +89,9 @@ def select_views(candidates: Iterable[Candidate]) -> dict[str, Any]:
                            "label": c.label, "why": "different-content duplicate of an earlier instance"})
         elif c.position in by_position:
             by_position[c.position].append(c)
+        elif c.conflicts:
+            extras.append({"instance_id": c.instance_id, "sop_instance_uid": c.sop_instance_uid,
+                           "label": c.label, "why": "conflicting view attributes: " + "; ".join(c.conflicts)})
         else:
             extras.append({"instance_id": c.instance_id, "sop_instance_uid": c.sop_instance_uid,
                            "label": c.label, "why": "not a standard CC/MLO view"})

@@ -25,6 +25,7 @@ from node.fsutil import fsync_dir
 from node.assembly import Assembler
 from node.config import Settings
 from node.dicom.inspect import (
+    STATUS_DATASET_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     InspectedInstance,
@@ -33,7 +34,7 @@ from node.dicom.inspect import (
 )
 from node.journal import Journal
 from node.logref import study_ref
-from node.views import identify_view
+from node.views import ViewInfo, identify_view
 
 log = logging.getLogger("mammo_node.store")
 
@@ -95,6 +96,8 @@ class InstanceStore:
             path.mkdir(parents=True, exist_ok=True)
         self.fsync = settings.node.fsync
         self.min_free_bytes = settings.node.min_free_mb * 1024 * 1024
+        self.max_inflated = settings.dicom.max_inflated_mb * 1024 * 1024
+        self.view_conflicts = settings.assembly.view_conflicts
 
     def clear_incoming(self) -> int:
         """Delete transfers a crash interrupted; their senders never got a success."""
@@ -124,13 +127,20 @@ class InstanceStore:
             log.warning("refused an instance from %s@%s: free space below node.min_free_mb", calling_aet, peer_host)
             return StoreResult(STATUS_OUT_OF_RESOURCES, "node is low on disk space; try again later")
         try:
-            inspected = inspect_instance(incoming, sop_class_uid, sop_instance_uid)
+            inspected = inspect_instance(incoming, sop_class_uid, sop_instance_uid, self.max_inflated)
         except InstanceProblem as problem:
             self.quarantine(incoming, problem.status, problem.reason, calling_aet, peer_host,
                             sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid)
             return StoreResult(problem.status, problem.reason)
+        view = identify_view(inspected.dataset)
+        if view.conflicts and self.view_conflicts == "refuse":
+            reason = "conflicting view attributes: " + "; ".join(view.conflicts)
+            self.quarantine(incoming, STATUS_DATASET_MISMATCH, reason, calling_aet, peer_host,
+                            sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid,
+                            study_uid=inspected.study_uid)
+            return StoreResult(STATUS_DATASET_MISMATCH, reason)
         try:
-            return self._place(incoming, inspected, calling_aet, peer_host)
+            return self._place(incoming, inspected, view, calling_aet, peer_host)
         except Exception as exc:  # disk or journal failure: refuse, keep the bytes for inspection
             log.exception("could not store an instance")
             self.quarantine(incoming, STATUS_PROCESSING_FAILURE, f"internal error while storing: {exc}",
@@ -138,9 +148,8 @@ class InstanceStore:
                             sop_instance_uid=sop_instance_uid, study_uid=inspected.study_uid)
             return StoreResult(STATUS_PROCESSING_FAILURE, "internal error while storing; see node log")
 
-    def _place(self, incoming: Path, inspected: InspectedInstance, calling_aet: str | None,
+    def _place(self, incoming: Path, inspected: InspectedInstance, view: ViewInfo, calling_aet: str | None,
                peer_host: str | None) -> StoreResult:
-        view = identify_view(inspected.dataset)
         view_json = view.to_json() | {"label": view.label} | _ranking_facts(inspected)
         size = incoming.stat().st_size
         if self.fsync:

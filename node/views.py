@@ -8,7 +8,12 @@ We read all of them in a fixed order and record which attribute decided, so `stu
 can explain every choice.
 
 Only a standard CC or MLO view without modifiers (no spot compression, magnification,
-implant displacement, rolling ...) can fill one of the four screening positions.
+implant displacement, rolling ...) can fill one of the four screening positions, and only when
+the attributes agree on the breast: an image whose ImageLaterality, series Laterality,
+FrameLaterality or a side prefix in ViewPosition ("RMLO") name different breasts is recorded with
+the conflict and serves no position (``assembly.view_conflicts``: ``extra`` keeps it as an extra,
+``refuse`` refuses it at receive). A ViewPosition that names another view than the view code is
+only noted: the code is the standard attribute and wins.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 POSITIONS = ("R-CC", "R-MLO", "L-CC", "L-MLO")
 
@@ -77,10 +83,13 @@ class ViewInfo:
     view_source: str | None = None
     for_presentation: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    conflicts: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def position(self) -> str | None:
         """"R-CC" etc. when this image can serve a four-view position, else None."""
+        if self.conflicts:
+            return None
         if self.laterality in ("R", "L") and self.view in STANDARD_VIEWS and not self.modifiers:
             return f"{self.laterality}-{self.view}"
         return None
@@ -99,8 +108,16 @@ class ViewInfo:
         data = asdict(self)
         data["modifiers"] = list(self.modifiers)
         data["notes"] = list(self.notes)
+        data["conflicts"] = list(self.conflicts)
         data["position"] = self.position
         return data
+
+
+def _items(value: Any) -> list[Dataset]:
+    """The items of a sequence attribute; anything else (a sequence sent as LO, say) has none."""
+    if isinstance(value, Sequence):
+        return [item for item in value if isinstance(item, Dataset)]
+    return []
 
 
 def _code_value(item: Dataset) -> str | None:
@@ -113,28 +130,30 @@ def _code_value(item: Dataset) -> str | None:
 
 def _first_frame_laterality(ds: Dataset) -> str | None:
     for seq_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        for group in ds.get(seq_name) or []:
-            for frame_anatomy in group.get("FrameAnatomySequence") or []:
+        for group in _items(ds.get(seq_name)):
+            for frame_anatomy in _items(group.get("FrameAnatomySequence")):
                 value = frame_anatomy.get("FrameLaterality")
                 if value:
                     return str(value).strip().upper()
     return None
 
 
-def _laterality(ds: Dataset) -> tuple[str | None, str | None]:
+def _lateralities(ds: Dataset) -> list[tuple[str, str]]:
+    """Every side the attributes name, in order of precedence: (value, attribute)."""
+    found = []
     for keyword in ("ImageLaterality", "Laterality"):
         value = ds.get(keyword)
         if value and str(value).strip().upper() in ("R", "L", "B"):
-            return str(value).strip().upper(), keyword
+            found.append((str(value).strip().upper(), keyword))
     value = _first_frame_laterality(ds)
     if value in ("R", "L", "B"):
-        return value, "FrameLaterality"
-    return None, None
+        found.append((value, "FrameLaterality"))
+    return found
 
 
 def _modifiers(items: Any) -> list[str]:
     found = []
-    for item in items or []:
+    for item in _items(items):
         code = _code_value(item)
         if code in MODIFIER_CODES:
             found.append(MODIFIER_CODES[code])
@@ -153,11 +172,18 @@ def _is_for_presentation(ds: Dataset) -> bool:
 def identify_view(ds: Dataset) -> ViewInfo:
     """Read laterality, view and view modifiers from an image's header."""
     notes: list[str] = []
-    laterality, laterality_source = _laterality(ds)
+    conflicts: list[str] = []
+    sides = _lateralities(ds)
+    laterality, laterality_source = sides[0] if sides else (None, None)
+    for value, keyword in sides[1:]:
+        if value != laterality:
+            conflicts.append(f"{keyword} {value} disagrees with {laterality_source} {laterality}")
 
     view = view_source = None
     modifiers: list[str] = []
-    view_items = ds.get("ViewCodeSequence") or []
+    view_items = _items(ds.get("ViewCodeSequence"))
+    if ds.get("ViewCodeSequence") is not None and not isinstance(ds.get("ViewCodeSequence"), Sequence):
+        notes.append("ViewCodeSequence is not a sequence; ignored")
     if view_items:
         item = view_items[0]
         code = _code_value(item)
@@ -176,13 +202,21 @@ def identify_view(ds: Dataset) -> ViewInfo:
         if term not in VIEW_POSITION_TERMS and term[:1] in ("R", "L") and term[1:] in VIEW_POSITION_TERMS:
             if laterality is None:
                 laterality, laterality_source = term[0], "ViewPosition"
+            elif term[0] != laterality:
+                conflicts.append(f"ViewPosition {position_text!r} disagrees with {laterality_source} {laterality}")
             term = term[1:]
         if term in VIEW_POSITION_TERMS:
             view, view_source = VIEW_POSITION_TERMS[term], "ViewPosition"
         else:
             notes.append(f"unrecognised ViewPosition {position_text!r}")
-    elif view is not None and position_text and VIEW_POSITION_TERMS.get(position_text, view) != view:
-        notes.append(f"ViewPosition {position_text!r} disagrees with ViewCodeSequence; code used")
+    elif view is not None and position_text:
+        term, side = position_text, None
+        if term not in VIEW_POSITION_TERMS and term[:1] in ("R", "L") and term[1:] in VIEW_POSITION_TERMS:
+            side, term = term[0], term[1:]
+        if VIEW_POSITION_TERMS.get(term, view) != view:  # the code is the standard attribute
+            notes.append(f"ViewPosition {position_text!r} disagrees with ViewCodeSequence; code used")
+        if side is not None and laterality is not None and side != laterality:
+            conflicts.append(f"ViewPosition {position_text!r} disagrees with {laterality_source} {laterality}")
 
     if laterality is None:
         notes.append("no laterality attribute")
@@ -195,5 +229,6 @@ def identify_view(ds: Dataset) -> ViewInfo:
         laterality_source=laterality_source,
         view_source=view_source,
         for_presentation=_is_for_presentation(ds),
-        notes=tuple(notes),
+        notes=tuple(notes + conflicts),
+        conflicts=tuple(conflicts),
     )

@@ -2,26 +2,49 @@
 
 The receive path must answer quickly and never hold a whole image in memory, yet a
 corrupt or mislabelled instance has to be refused *before* it is acknowledged, because a
-sender that got "success" will not send it again. So we read the header with pixel data
-deferred (a RawDataElement with its length and file offset, about 0.2 ms for a 17 MB
-mammogram) and check structure only: identifiers, SOP class, and whether the pixel data can
-hold Rows x Columns x frames at BitsAllocated (native) or is a proper fragment sequence
-(encapsulated).
+sender that got "success" will not send it again. So we first walk the whole data set
+structure as encoded (:mod:`node.dicom.structure`: every declared length against the bytes
+received, sequences, items and fragments, the VR encoding, the inflated size of a deflated
+data set), then read the header with pixel data deferred (a RawDataElement with its length and
+file offset, about 0.2 ms for a 17 MB mammogram) and check the content: identifiers, SOP
+class, the MG IOD's pixel module constraints, whether the pixel data can hold Rows x Columns x
+frames at BitsAllocated (native) or starts with a codestream header that describes the same
+image (encapsulated). The decisions themselves are in :mod:`node.dicom.checks`.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian
+from node.dicom.checks import (  # noqa: F401  (re-exported: the statuses are part of this module's API)
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    Problem,
+    codestream_problem,
+    native_length_problem,
+    pixel_module_problem,
+)
+from node.dicom.structure import Layout, StructureProblem, check_structure
+
 # Attributes every image has at least one of; a "dataset" with none of them is noise.
 _LANDMARKS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows")
+DEFAULT_MAX_INFLATED = 256 << 20
+# Sequences the node reads (node.views); encoded with another VR they are a data error.
+_SEQUENCES_READ = ("ViewCodeSequence", "ViewModifierCodeSequence", "SharedFunctionalGroupsSequence",
+                   "PerFrameFunctionalGroupsSequence")
+# Values longer than this stay deferred (never read into memory); the structure walk has
+# already checked their lengths.
+_CONVERT_LIMIT = 1 << 16
 
 
 class InstanceProblem(Exception):
@@ -33,11 +56,9 @@ class InstanceProblem(Exception):
         self.reason = reason
 
 
-# C-STORE failure statuses (PS3.4 B.2.3).
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
+def _raise(problem: Problem | None) -> None:
+    if problem is not None:
+        raise InstanceProblem(*problem)
 
 
 @dataclass(frozen=True)
@@ -62,83 +83,98 @@ def _require_uid(ds: Dataset, keyword: str) -> str:
     return str(uid)
 
 
-def _check_native_pixels(ds: Dataset, length: int) -> None:
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits_allocated = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        raise InstanceProblem(STATUS_DATASET_MISMATCH, "Rows, Columns or BitsAllocated missing or invalid")
-    if rows <= 0 or cols <= 0 or frames <= 0 or bits_allocated not in (1, 8, 16, 32):
-        raise InstanceProblem(STATUS_DATASET_MISMATCH, "Rows, Columns, frames or BitsAllocated out of range")
-    needed = (rows * cols * samples * frames * bits_allocated + 7) // 8
-    expected = needed + needed % 2  # values are padded to even length
-    if length not in (needed, expected):
-        raise InstanceProblem(
-            STATUS_DATASET_MISMATCH,
-            f"pixel data holds {length} bytes but Rows x Columns x frames x BitsAllocated needs {expected}",
-        )
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
-def _check_encapsulated_pixels(path: Path, offset: int) -> None:
-    """The first item (basic offset table) and at least one fragment must be present."""
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        header = fh.read(8)
-        if len(header) < 8 or header[:4] != _ITEM_TAG:
-            raise InstanceProblem(STATUS_DATASET_MISMATCH, "encapsulated pixel data lacks its offset table item")
-        (bot_length,) = struct.unpack("<I", header[4:])
-        fh.seek(bot_length, 1)
-        fragment = fh.read(8)
-        if len(fragment) < 8 or fragment[:4] != _ITEM_TAG:
-            raise InstanceProblem(STATUS_DATASET_MISMATCH, "encapsulated pixel data has no fragment")
-        (fragment_length,) = struct.unpack("<I", fragment[4:])
-        if fragment_length == 0:
-            raise InstanceProblem(STATUS_DATASET_MISMATCH, "encapsulated pixel data has an empty fragment")
-
-
-def _check_pixels(ds: Dataset, path: Path, transfer_syntax: UID) -> None:
-    try:
-        element = ds.get_item(0x7FE00010, keep_deferred=True)
-    except Exception as exc:  # a truncated file surfaces here
-        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"pixel data unreadable: {exc}")
-    if element is None:
+def _check_pixels(ds: Dataset, layout: Layout, transfer_syntax: UID) -> None:
+    if layout.pixel_length is None and not layout.encapsulated:
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "no pixel data")
-    length = getattr(element, "length", None)
-    if length is None:  # already loaded (small value or deflated dataset)
-        value = element.value if hasattr(element, "value") else None
-        length = 0xFFFFFFFF if isinstance(value, (list, tuple)) else len(value or b"")
+    _raise(pixel_module_problem(
+        photometric=ds.get("PhotometricInterpretation"),
+        samples=ds.get("SamplesPerPixel"),
+        bits_allocated=ds.get("BitsAllocated"),
+        bits_stored=ds.get("BitsStored"),
+        high_bit=ds.get("HighBit"),
+        pixel_representation=ds.get("PixelRepresentation"),
+        frames=ds.get("NumberOfFrames"),
+        rows=ds.get("Rows"),
+        columns=ds.get("Columns"),
+    ))
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+    samples = int(ds.SamplesPerPixel)
+    frames = _int(ds, "NumberOfFrames", 1) or 1
     if transfer_syntax.is_encapsulated:
-        if length != 0xFFFFFFFF:
+        if not layout.encapsulated:
             raise InstanceProblem(STATUS_DATASET_MISMATCH, "compressed transfer syntax but pixel data is not encapsulated")
-        offset = getattr(element, "value_tell", None)
-        if offset is not None and not transfer_syntax.is_deflated:
-            _check_encapsulated_pixels(path, offset)
+        if layout.fragments == 0:
+            raise InstanceProblem(STATUS_DATASET_MISMATCH, "encapsulated pixel data has no fragment")
+        if layout.first_fragment_length == 0:
+            raise InstanceProblem(STATUS_DATASET_MISMATCH, "encapsulated pixel data has an empty fragment")
+        if layout.fragments < frames:
+            raise InstanceProblem(STATUS_DATASET_MISMATCH,
+                                  f"encapsulated pixel data has {layout.fragments} fragments for {frames} frames")
+        _raise(codestream_problem(str(transfer_syntax), layout.first_fragment_head, layout.last_fragment_tail,
+                                  rows=rows, columns=columns, samples=samples, bits_allocated=bits_allocated,
+                                  bits_stored=bits_stored))
         return
-    if length == 0xFFFFFFFF:
+    if layout.encapsulated:
         raise InstanceProblem(STATUS_DATASET_MISMATCH, "native transfer syntax but pixel data is encapsulated")
-    _check_native_pixels(ds, length)
+    if layout.pixel_length is None:
+        raise InstanceProblem(STATUS_DATASET_MISMATCH, "no pixel data")
+    _raise(native_length_problem(layout.pixel_length, rows, columns, samples, frames, bits_allocated))
 
 
-def inspect_instance(path: Path, expected_sop_class: str, expected_sop_instance: str) -> InspectedInstance:
+def inspect_instance(path: Path, expected_sop_class: str, expected_sop_instance: str,
+                     max_inflated: int = DEFAULT_MAX_INFLATED) -> InspectedInstance:
     """Read and check the header of the Part 10 file at ``path``.
 
     ``expected_*`` come from the C-STORE request's command set; the dataset must agree.
     Raises :class:`InstanceProblem` with the status to answer and a reason for quarantine.
     """
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)
-        # Convert every top-level value but the pixels, so a garbled header fails here, not later.
+        meta = pydicom.filereader.read_file_meta_info(path)
+        transfer_syntax = UID(str(meta.TransferSyntaxUID))
+    except Exception as exc:  # the receiver writes the meta itself; this means the file is gone or garbled
+        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot read the file meta: {type(exc).__name__}")
+    try:
+        layout = check_structure(path, transfer_syntax.is_implicit_VR, transfer_syntax.is_deflated, max_inflated)
+    except StructureProblem as problem:
+        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {problem.reason}")
+    except OSError as exc:
+        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
+    if layout.body_bytes == 0:
+        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, "empty dataset")
+    try:
+        if layout.header is not None:
+            # Deflated: read the header from the bytes the walk inflated, not the whole data set again.
+            ds = pydicom.filereader.read_dataset(BytesIO(layout.header), is_implicit_VR=False,
+                                                 is_little_endian=True)
+            ds.file_meta = meta
+        else:
+            ds = pydicom.dcmread(path, defer_size=1024)
+        # Convert every top-level value but the pixels (and large deferred values), so a garbled
+        # header fails here, not later.
         for tag in list(ds.keys()):
-            if tag != 0x7FE00010:
-                ds[tag]
+            if tag == 0x7FE00010:
+                continue
+            raw = ds.get_item(tag, keep_deferred=True)
+            if getattr(raw, "value", b"") is None and (getattr(raw, "length", 0) or 0) > _CONVERT_LIMIT:
+                continue
+            ds[tag]
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error) as exc:
         raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {type(exc).__name__}: {exc}")
     except Exception as exc:  # pydicom raises many kinds on garbage; none may stop the listener
         raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {type(exc).__name__}: {exc}")
     if len(ds) == 0:
-        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, "empty dataset")
+        raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, f"no element could be read from {layout.body_bytes} bytes")
     if not any(keyword in ds for keyword in _LANDMARKS):
         # pydicom reads almost any bytes as *some* elements; none of these means it was not DICOM.
         raise InstanceProblem(STATUS_CANNOT_UNDERSTAND, "cannot parse dataset: no recognisable DICOM attributes")
@@ -156,8 +192,12 @@ def inspect_instance(path: Path, expected_sop_class: str, expected_sop_instance:
         raise InstanceProblem(
             STATUS_DATASET_MISMATCH, "dataset SOP Instance UID differs from the C-STORE request's"
         )
-    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
-    _check_pixels(ds, path, transfer_syntax)
+    for keyword in _SEQUENCES_READ:
+        element = ds.get(keyword)
+        if element is not None and not isinstance(element, Sequence):
+            vr = ds[keyword].VR
+            raise InstanceProblem(STATUS_DATASET_MISMATCH, f"{keyword} is encoded as {vr}, not as a sequence")
+    _check_pixels(ds, layout, transfer_syntax)
     return InspectedInstance(
         dataset=ds,
         sop_class_uid=sop_class,

@@ -5,14 +5,23 @@ enforced when the association is requested, with a proper A-ASSOCIATE-RJ so the 
 says why. Only mammography storage SOP classes are offered; anything else is refused during
 negotiation. Incoming datasets are streamed to a file by pynetdicom's chunked receive (never
 held in memory, never decoded or transcoded) and handed to :class:`node.store.InstanceStore`.
+
+Hostile peers: pynetdicom picks the service for a request by the command's SOP class, not by the
+presentation context, and aborts (or dies) on command UIDs it cannot parse. So every C-STORE
+request is checked against its context first (:func:`node.dicom.checks.command_problem`) and
+answered with a failure status and quarantined when it does not fit; command UIDs pynetdicom
+would choke on reach that check instead of killing the association's thread. Accepted sockets
+get ``dicom.network_timeout`` as a read deadline, so a peer that stops mid-PDU frees its slot,
+and the partial file of a transfer cut off by an abort is removed when the connection closes.
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
+import socket
 import ssl
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +38,17 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
-from pynetdicom import dimse_messages
+from pynetdicom import dimse_messages, pdu as _pdu
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
 from node.config import DicomSection
-from node.store import InstanceStore
+from node.dicom.checks import MAMMOGRAPHY_STORAGE, Problem, command_problem, uid_problem
+from node.store import InstanceStore, StoreResult
 
 log = logging.getLogger("mammo_node.dicom")
-
-MAMMOGRAPHY_STORAGE = {
-    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.2.1": "Digital Mammography X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.13.1.4": "Breast Projection X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.13.1.5": "Breast Projection X-Ray Image Storage - For Processing",
-}
 
 ACCEPTED_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -104,6 +109,132 @@ class AssociationPolicy:
         return None
 
 
+class _IncomingFiles:
+    """The transfer files pynetdicom opens, by the thread that writes them (one per association).
+
+    A file is handed over when its C-STORE reaches the handler; whatever its association's
+    thread still holds when the connection closes is a transfer cut off by an abort, closed and
+    deleted at once (not at the next start).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.lock = threading.Lock()
+        self.open: dict[threading.Thread, list[Any]] = {}
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        fh = tempfile.NamedTemporaryFile(*args, dir=str(self.directory), **kwargs)
+        with self.lock:
+            self.open.setdefault(threading.current_thread(), []).append(fh)
+        return fh
+
+    def handed_over(self, fh: Any) -> None:
+        with self.lock:
+            for files in self.open.values():
+                if fh in files:
+                    files.remove(fh)
+
+    def discard_current_thread(self) -> int:
+        with self.lock:
+            files = self.open.pop(threading.current_thread(), [])
+        removed = 0
+        for fh in files:
+            try:
+                fh.close()
+            except Exception:
+                pass
+            path = Path(fh.name)
+            if path.exists():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+class _LenientStoreRequest(dimse_messages.C_STORE_RQ):
+    """C-STORE-RQ decoding that keeps a command UID pynetdicom would refuse (empty, over 64
+    characters) instead of aborting the association, so the node can answer it with a status."""
+
+    def message_to_primitive(self):  # type: ignore[no-untyped-def]
+        kept = {}
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            value = self.command_set.get(keyword)
+            if value is not None and uid_problem(value) is not None:
+                kept[keyword] = str(value)
+                delattr(self.command_set, keyword)
+        primitive = super().message_to_primitive()
+        if kept:
+            primitive._affected_sop_class_uid = UID(kept.get("AffectedSOPClassUID", primitive.AffectedSOPClassUID or ""))
+            primitive._affected_sop_instance_uid = UID(
+                kept.get("AffectedSOPInstanceUID", primitive.AffectedSOPInstanceUID or ""))
+        return primitive
+
+
+_LenientStoreRequest.__name__ = _LenientStoreRequest.__qualname__ = "C_STORE_RQ"  # pynetdicom maps by name
+
+
+def _tolerant_file_meta(**kwargs: Any) -> Any:
+    """pynetdicom writes the request's UIDs into the transfer file's meta and dies on empty ones."""
+    for key in ("sop_class_uid", "sop_instance_uid"):
+        if uid_problem(kwargs.get(key)) is not None:
+            kwargs[key] = UID("0.0")  # placeholder; the command is refused before anything reads it
+    return _create_file_meta(**kwargs)
+
+
+_create_file_meta = dimse_messages.create_file_meta
+
+
+class BadAETitle(str):
+    """An AE title from an A-ASSOCIATE-RQ that pynetdicom refuses to decode (empty, control
+    characters such as NUL padding, not ASCII). It stands in as "?" so the request reaches the
+    association policy, which rejects it (A-ASSOCIATE-RJ) instead of pynetdicom aborting."""
+
+    why: str = ""
+
+
+def _aet_problem(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+    if not raw.strip(b" \x00"):
+        return "empty"
+    if any(b < 0x20 or b == 0x5C for b in raw.rstrip(b" ")):
+        return "has control characters or a backslash"
+    if any(b > 0x7E for b in raw):
+        return "is not ASCII"
+    return "is invalid"
+
+
+def _lenient_aet_property(original: property, attribute: str) -> property:
+    def setter(self: Any, value: Any) -> None:
+        try:
+            original.fset(self, value)  # type: ignore[misc]
+        except (ValueError, UnicodeError) as exc:
+            bad = BadAETitle("?")
+            bad.why = _aet_problem(value)
+            log.debug("undecodable AE title in an A-ASSOCIATE-RQ: %s", exc)
+            setattr(self, attribute, bad)
+
+    setter.__lenient__ = True  # type: ignore[attr-defined]
+    return property(original.fget, setter)
+
+
+def _install_receive_patches() -> None:
+    for name, attribute in (("calling_ae_title", "_calling_aet"), ("called_ae_title", "_called_aet")):
+        current = getattr(_pdu.A_ASSOCIATE_RQ, name)
+        if not getattr(current.fset, "__lenient__", False):
+            setattr(_pdu.A_ASSOCIATE_RQ, name, _lenient_aet_property(current, attribute))
+    dimse_messages.create_file_meta = _tolerant_file_meta  # type: ignore[attr-defined]
+    request_type = dimse_messages._MESSAGE_TYPES[0x0001]
+    if request_type[1] is not _LenientStoreRequest:
+        dimse_messages._MESSAGE_TYPES[0x0001] = (request_type[0], _LenientStoreRequest)
+
+
+def _shown(value: Any) -> str | None:
+    """A command value as it may appear in a record: printable, at most 80 characters."""
+    if value is None:
+        return None
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text[:80]
+
+
 def _ae_text(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
@@ -129,9 +260,9 @@ class DicomListener:
         # buffered in memory. pynetdicom creates the file with NamedTemporaryFile and no
         # directory; we give it ours.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
-            tempfile.NamedTemporaryFile, dir=str(self.store.incoming)
-        )
+        self.incoming = _IncomingFiles(self.store.incoming)
+        dimse_messages.NamedTemporaryFile = self.incoming.create  # type: ignore[attr-defined]
+        _install_receive_patches()
         _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
@@ -153,6 +284,10 @@ class DicomListener:
         called = _ae_text(primitive.called_ae_title)
         host = requestor.address
         verdict = self.policy.check(calling, called, host)
+        for value, rejection, what in ((primitive.calling_ae_title, _REJECT_CALLING_AET, "calling"),
+                                       (primitive.called_ae_title, _REJECT_CALLED_AET, "called")):
+            if verdict is None and isinstance(value, BadAETitle):
+                verdict = rejection, f"{what} AE title {value.why}"
         if verdict is not None:
             (result, source, diagnostic), reason = verdict
             log.warning("association from %s@%s rejected: %s", calling, host, reason)
@@ -160,8 +295,60 @@ class DicomListener:
             # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ has gone
             # out before the connection is closed, or the peer only sees an abort.
             event.assoc.kill()
+            return
+        assoc = event.assoc
+        serve = assoc._serve_request
+        assoc._serve_request = lambda msg, context_id: self._serve(assoc, serve, msg, context_id)
+
+    def _serve(self, assoc: Any, serve: Any, msg: Any, context_id: int) -> None:
+        """Check a C-STORE's command against its presentation context before pynetdicom
+        dispatches it (by the command's SOP class: Verification would answer a C-ECHO)."""
+        if isinstance(msg, C_STORE):
+            context = assoc._accepted_cx.get(context_id)
+            if context is not None:
+                problem = command_problem(str(context.abstract_syntax), msg.AffectedSOPClassUID,
+                                          msg.AffectedSOPInstanceUID)
+                if problem is not None:
+                    self._refuse_store(assoc, msg, context_id, problem)
+                    return
+        serve(msg, context_id)
+
+    def _refuse_store(self, assoc: Any, msg: Any, context_id: int, problem: Problem) -> None:
+        status, reason = problem
+        requestor = assoc.requestor
+        calling, host = _ae_text(requestor.ae_title), requestor.address
+        fh = getattr(msg, "_dataset_file", None)
+        if fh is not None:
+            self.incoming.handed_over(fh)
+            fh.close()
+        path = getattr(msg, "_dataset_path", None)
+        if isinstance(path, tuple):
+            path = path[0]
+        self.store.quarantine(Path(path) if path else self.store.incoming / ".none", status, reason, calling, host,
+                              sop_class_uid=_shown(msg.AffectedSOPClassUID),
+                              sop_instance_uid=_shown(msg.AffectedSOPInstanceUID))
+        if self.observer is not None:
+            self.observer.stored(calling, host, 0, StoreResult(status, reason))
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = msg.MessageID
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+            value = getattr(msg, keyword)
+            if uid_problem(value) is None:
+                setattr(response, keyword, value)
+        response.Status = status
+        response.ErrorComment = reason[:64]
+        assoc.dimse.send_msg(response, context_id)
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        removed = self.incoming.discard_current_thread()
+        if removed:
+            log.info("removed %d partial transfer(s) of a closed connection from %s", removed,
+                     event.assoc.requestor.address)
 
     def _on_accepted(self, event: evt.Event) -> None:
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.settimeout(self.config.network_timeout)
         requestor = event.assoc.requestor
         log.info("association accepted from %s@%s", requestor.ae_title, requestor.address)
         if self.observer is not None:
@@ -178,6 +365,7 @@ class DicomListener:
     def _on_store(self, event: evt.Event) -> Dataset:
         request = event.request
         requestor = event.assoc.requestor
+        self.incoming.handed_over(getattr(request, "_dataset_file", None))
         path = Path(event.dataset_path)
         size = path.stat().st_size if path.exists() else 0
         result = self.store.accept(
@@ -204,13 +392,29 @@ class DicomListener:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         ssl_context = build_server_ssl_context(self.config.tls) if self.config.tls.enabled else None
         self._server = self.ae.start_server(
             (self.config.bind, self.config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context,
         )
+        self._server.get_request = self._get_request
         log.info("listening as %s on %s:%d%s", self.config.ae_title, self.config.bind, self.port,
                  " (TLS)" if ssl_context else "")
+
+    def _get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection with a read deadline: pynetdicom leaves accepted sockets blocking,
+        so a peer that stops mid-PDU would hold its association slot until the socket closes (its
+        threads wait for the blocked read). With the deadline the read fails, the connection is
+        closed and the slot freed after ``acse_timeout`` (before the association is accepted) or
+        ``network_timeout`` (after)."""
+        server = self._server
+        client, address = server.socket.accept()
+        # Until the association is accepted the ACSE timeout applies, then the network timeout.
+        client.settimeout(min(self.config.acse_timeout, self.config.network_timeout))
+        if server.ssl_context:
+            client = server.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
 
     @property
     def port(self) -> int:

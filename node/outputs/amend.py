@@ -14,8 +14,10 @@ receivers already hold:
 The link goes to the newest output of each kind that was *delivered* (to any destination): a
 receiver never heard of an output that was not. When the previous result's output of a kind was
 not delivered, its own link is inherited, so a chain of undelivered results still points at what
-the receivers have. An identical result (same identity) keeps the previous result's link, so a
-rebuilt payload stays byte-identical.
+the receivers have. An identical ORU (same control ID) keeps the previous result's link. SRs of a
+new result are always new documents (their UIDs cover their creation time: issue 18.10); the SRs
+planned for a result are recorded in it (``result["documents"]``, node.outputs.prepare), so the
+next result links to exactly those, with the next instance number (document_numbers).
 
 The links are stored in the result (``result["replaces"]``); encoders read them from there, so
 payloads rebuilt from the journal are the ones first sent.
@@ -25,16 +27,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
-from pynetdicom.sop_class import ComprehensiveSRStorage, MammographyCADSRStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage, MammographyCADSRStorage
 
-from node.outputs.common import NotApplicable
+from node.outputs.common import SERIES_NUMBER, NotApplicable
 from node.outputs.source import output_identity
 
 if TYPE_CHECKING:
     from node.journal import Journal
 
-SR_SOP_CLASSES = {"tid1500": str(ComprehensiveSRStorage), "tid4000": str(MammographyCADSRStorage)}
+SR_SOP_CLASSES = {"tid1500": str(Comprehensive3DSRStorage), "tid4000": str(MammographyCADSRStorage)}
+LEGACY_SOP_CLASSES = {"tid1500": "1.2.840.10008.5.1.4.1.1.88.33"}  # TID 1500 was Comprehensive SR before
 KINDS = ("tid1500", "tid4000", "oru")
+SERIES_NUMBER_STEP = 10  # a revision in a new series (other models) numbers it 10 after the one it replaces
+
+
+def document_numbers(result: dict[str, Any], kind: str, series_uid: str) -> tuple[int, int]:
+    """(Series Number, Instance Number) of the SR of ``kind``: 9501/9502 and 1 for a first result;
+    a revision is the next instance number, in the same series number when it is in the same series
+    and 10 further on when other models made a new series, so a PACS lists the revisions apart."""
+    link = (result.get("replaces") or {}).get(kind)
+    if not link:
+        return SERIES_NUMBER[kind], 1
+    series_number = int(link.get("series_number") or SERIES_NUMBER[kind])
+    if link.get("series_uid") != series_uid:
+        series_number += SERIES_NUMBER_STEP
+    return series_number, int(link.get("instance_number") or 1) + 1
 
 
 def _identity(kind: str, study_uid: str, result: dict[str, Any]) -> dict[str, str] | None:
@@ -46,9 +63,16 @@ def _identity(kind: str, study_uid: str, result: dict[str, Any]) -> dict[str, st
                 "filler_order_number": filler_order_number(study_uid, result)}
     if kind == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
         return None  # no TID 1500 SR is made for such a result
+    planned = (result.get("documents") or {}).get(kind)
+    if planned:  # what node.outputs.prepare planned for it (source images, time, device: all known then)
+        return dict(planned)
+    # A result journaled before its documents were recorded: named by the result alone, as then.
     ident = output_identity(study_uid, result, kind)
+    series_number, instance_number = document_numbers(result, kind, ident.series_instance_uid)
     return {"study_uid": study_uid, "series_uid": ident.series_instance_uid,
-            "sop_instance_uid": ident.sop_instance_uid, "sop_class_uid": SR_SOP_CLASSES[kind]}
+            "sop_instance_uid": ident.sop_instance_uid,
+            "sop_class_uid": LEGACY_SOP_CLASSES.get(kind, SR_SOP_CLASSES[kind]),
+            "series_number": series_number, "instance_number": instance_number}
 
 
 def _key(kind: str, ident: dict[str, str]) -> str:
@@ -76,6 +100,10 @@ def replaced_outputs(previous: dict[str, Any] | None, result: dict[str, Any], st
             now = _identity(kind, study_uid, result)
         except NotApplicable:
             before = now = None
+        if kind in SR_SOP_CLASSES and now is not None:
+            # A new result's SRs are new documents: their UIDs cover their creation time (and the
+            # source images), which this result does not know yet. They replace what was delivered.
+            now = {"sop_instance_uid": "(new)"}
         link = inherited.get(kind)
         if before is not None and before != now and (kind, _key(kind, before)) in delivered:
             link = before
@@ -108,4 +136,4 @@ def replaced_control_id(result: dict[str, Any]) -> str | None:
     return link["control_id"] if link else None
 
 
-__all__ = ["delivered_identities", "predecessor_documents", "replaced_control_id", "replaced_outputs"]
+__all__ = ["SR_SOP_CLASSES", "document_numbers", "delivered_identities", "predecessor_documents", "replaced_control_id", "replaced_outputs"]

@@ -26,7 +26,12 @@ LOCAL_SCHEME_NAME = "mammo-node local codes"
 ASSESSMENT_CATEGORY = codes.DCM.AssessmentCategory  # DCM 111005
 BREAST_COMPOSITION = CodedConcept("129715009", "SCT", "Breast composition")
 FINDING = codes.DCM.Finding  # DCM 121071
-PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # DCM 111047
+# What the classifier gives per breast is a distribution over BI-RADS categories, not a probability
+# of cancer (DCM 111047 would say that): the mass on categories 4 and 5 is sent under our own
+# concept, named for what it is (docs/dicom-sr.md, issue 18.5).
+SUSPICIOUS_BIRADS_PROBABILITY = CodedConcept("PBIRADS45", LOCAL_SCHEME, "Classifier probability of BI-RADS 4 or 5")
+CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # DCM 111012; value Possible for UNC findings
+POSSIBLE = CodedConcept("371930009", "SCT", "Possible")
 BREAST = codes.SCT.Breast
 RIGHT, LEFT = codes.SCT.Right, codes.SCT.Left
 PROCEDURE_MAMMOGRAPHY = codes.SCT.Mammography  # SCT 71651007
@@ -43,13 +48,37 @@ LOCATION_NAMES = {
     "region": codes.DCM.ClockfaceOrRegion,
     "depth": codes.DCM.Depth,  # DCM 111020
 }
+# Location groups whose terms are qualifiers (clock position, depth, direction) rather than parts
+# of the breast: in TID 1500 they are topographical modifiers of the finding site; the others
+# (quadrants, central/subareolar region, axillary tail, ...) are the site itself.
+TOPOGRAPHICAL_GROUPS = ("clock", "depth")
+TOPOGRAPHICAL_TERMS = ("upper", "lower", "outer", "inner")
 DESCRIPTOR_NAMES = {
     "shape": CodedConcept("300842002", "SCT", "Shape"),
     "margin": codes.DCM.Margins,  # DCM 111037
     "mass_density": codes.DCM.LesionDensity,  # DCM 111035
     "calc_morphology": codes.DCM.CalcificationType,  # DCM 111009
     "calc_distribution": codes.DCM.CalcificationDistribution,  # DCM 111008
+    "associated": CodedConcept("246090004", "SCT", "Associated finding"),
+    "asymmetry_type": CodedConcept("116676008", "SCT", "Associated morphology"),
+    "impression": CodedConcept("121073", "DCM", "Impression"),
 }
+OTHER_DESCRIPTOR = CodedConcept("116676008", "SCT", "Associated morphology")  # a group not listed above
+
+
+def uses_local_scheme(ds: Any) -> bool:
+    """Whether any content item of the tree uses our private scheme (it must then be declared in
+    CodingSchemeIdentificationSequence)."""
+    for item in ds.get("ContentSequence", []):
+        for key in ("ConceptCodeSequence", "ConceptNameCodeSequence", "MeasurementUnitsCodeSequence"):
+            if any(c.CodingSchemeDesignator == LOCAL_SCHEME for c in item.get(key, [])):
+                return True
+        for mv in item.get("MeasuredValueSequence", []):
+            if any(c.CodingSchemeDesignator == LOCAL_SCHEME for c in mv.get("MeasurementUnitsCodeSequence", [])):
+                return True
+        if uses_local_scheme(item):
+            return True
+    return False
 
 
 def side_code(side: str) -> CodedConcept:

@@ -1,9 +1,12 @@
 """Wording and identities every output shares (SRs and HL7 alike), so they never drift apart."""
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import datetime, timezone
-
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 MANUFACTURER = "mammo-node"
 
@@ -38,10 +41,75 @@ def model_label(versions: dict[str, str], kind: str) -> tuple[str, str]:
     return name, version or "unknown"
 
 
+# The Device Observer UID / Device UID of this installation: made once, kept in the data
+# directory (so it survives upgrades and restarts and differs between installations), shown by
+# `mammo-node status`.
+DEVICE_UID_FILE = "device-uid"
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def installation_device_uid(data_dir: Path, *, create: bool = True, fsync: bool = True) -> str | None:
+    """This installation's device UID (``<data_dir>/device-uid``), made on first use when ``create``
+    (None when it does not exist yet and ``create`` is false). A file that does not hold a valid
+    UID is an error, never silently replaced: SRs already sent name the device by it."""
+    path = Path(data_dir) / DEVICE_UID_FILE
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        if not create:
+            return None
+        import os
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".device-uid.")
+        try:
+            os.write(fd, f"2.25.{uuid.uuid4().int}\n".encode())
+            if fsync:
+                os.fsync(fd)
+            os.close(fd)
+            try:
+                os.link(tmp, path)  # atomic and exclusive: a concurrent first start keeps one UID
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        if fsync:
+            from node.fsutil import fsync_dir
+
+            fsync_dir(path.parent)
+        return installation_device_uid(data_dir, create=False)
+    if len(value) > 64 or not _UID.match(value):
+        raise ValueError(f"{path} does not hold a valid UID ({value[:70]!r}); restore it from a backup")
+    return value
+
+
+def report_language(result: dict[str, Any]) -> tuple[str, str]:
+    """(RFC 5646 tag, meaning) of the report text: Chinese when it has CJK characters, else English
+    (what the report generator writes); en-US when there is no report."""
+    text = " ".join(str(v) for v in (result.get("report") or {}).values() if v)
+    if re.search(r"[\u3400-\u9fff\uf900-\ufaff]", text):
+        return "zh", "Chinese"
+    return "en-US", "English (United States)"
+
+
+def completion(result: dict[str, Any]) -> tuple[str, str | None]:
+    """(Completion Flag, Completion Flag Description) of both SRs. PS3.3 C.17.2: the flag is about
+    the content (are all the observations there?), not about signing (Verification Flag): COMPLETE
+    for a complete result, PARTIAL with the missing views otherwise."""
+    status = result.get("status", "complete")
+    if status == "complete":
+        return "COMPLETE", None
+    missing = ", ".join(result.get("missing_views") or [])
+    text = (f"views missing ({missing}); no model ran" if status == "incomplete"
+            else f"views missing ({missing}); processed with the views present")
+    return "PARTIAL", text[:64]
+
+
 def utc(ts: float) -> datetime:
     """A journal timestamp (seconds since the epoch) as an aware UTC datetime."""
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-__all__ = ["DEVICE_NAME", "DISCLAIMER", "NotApplicable", "INSTANCE_NUMBER", "MANUFACTURER", "SERIES_DESCRIPTION",
+__all__ = ["DEVICE_NAME", "DEVICE_UID_FILE", "completion", "installation_device_uid", "report_language", "DISCLAIMER", "NotApplicable", "INSTANCE_NUMBER", "MANUFACTURER", "SERIES_DESCRIPTION",
            "SERIES_NUMBER", "SOFTWARE_VERSION", "model_label", "utc"]

@@ -13,13 +13,15 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import ComprehensiveSRStorage, MammographyCADSRStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage, MammographyCADSRStorage
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.config import DicomDestination
 from node.dicom.scu import client_tls_context
 
-SR_CLASSES = (ComprehensiveSRStorage, MammographyCADSRStorage)
+# TID 1500 goes as Comprehensive 3D SR (IHE AIR); Comprehensive SR stays proposed for payloads
+# rendered before that change and still in the outbox.
+SR_CLASSES = (Comprehensive3DSRStorage, MammographyCADSRStorage, ComprehensiveSRStorage)
 
 
 @dataclass(frozen=True)

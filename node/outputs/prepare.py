@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from node.config import Settings
 from node.fsutil import write_atomic
 from node.journal import Journal
-from node.outputs.common import NotApplicable
-from node.outputs.source import SourceStudy, output_identity
+from node.outputs.common import NotApplicable, installation_device_uid
+from node.outputs.source import SourceStudy
 
 log = logging.getLogger("mammo_node.outputs")
 
@@ -41,18 +41,25 @@ def _dicom_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def device_uid(settings: Settings) -> str:
+    """This installation's Device Observer UID (made in the data directory on first use)."""
+    uid = installation_device_uid(settings.data_dir, fsync=settings.node.fsync)
+    assert uid is not None
+    return uid
+
+
 def build_output(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
                  settings: Settings) -> tuple[str, bytes]:
     """(identity, payload bytes) of one output kind; raises NotApplicable where it has nothing to say."""
     if kind == "tid1500":
         from node.outputs.sr_tid1500 import build_tid1500_sr
 
-        ds = build_tid1500_sr(source, result, created_at=created_at)
+        ds = build_tid1500_sr(source, result, created_at=created_at, device_uid=device_uid(settings))
         return str(ds.SOPInstanceUID), _dicom_bytes(ds)
     if kind == "tid4000":
         from node.outputs.sr_cad import build_mammography_cad_sr
 
-        ds = build_mammography_cad_sr(source, result, created_at=created_at)
+        ds = build_mammography_cad_sr(source, result, created_at=created_at, device_uid=device_uid(settings))
         return str(ds.SOPInstanceUID), _dicom_bytes(ds)
     if kind == "oru":
         from node.outputs.hl7 import build_oru, control_id
@@ -63,14 +70,27 @@ def build_output(kind: str, source: SourceStudy, result: dict[str, Any], created
     raise ValueError(f"unknown output kind {kind!r}")
 
 
-def planned_identity(kind: str, source: SourceStudy, result: dict[str, Any]) -> str:
+def planned_document(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
+                     device: str) -> dict[str, Any]:
+    """What an SR of ``kind`` will be known by (UIDs, SOP class, numbers), without building it;
+    NotApplicable where none is made. The same functions as the writers', so they agree."""
+    from node.outputs.amend import SR_SOP_CLASSES, document_numbers
+    from node.outputs.source import document_identity
+
+    if kind == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
+        raise NotApplicable("no model ran (views missing): no TID 1500 SR")
+    ident = document_identity(source, result, kind, created_at, device_uid=device, extra=[SR_SOP_CLASSES[kind]])
+    series_number, instance_number = document_numbers(result, kind, ident.series_instance_uid)
+    return {"study_uid": source.study_uid, "series_uid": ident.series_instance_uid,
+            "sop_instance_uid": ident.sop_instance_uid, "sop_class_uid": SR_SOP_CLASSES[kind],
+            "series_number": series_number, "instance_number": instance_number}
+
+
+def planned_identity(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
+                     settings: Settings) -> str:
     """The identity an output will have, without building it; NotApplicable where none is made."""
-    if kind == "tid1500":
-        if result.get("status") == "incomplete" or not result.get("breasts"):
-            raise NotApplicable("no model ran (views missing): no TID 1500 SR")
-        return output_identity(source.study_uid, result, kind).sop_instance_uid
-    if kind == "tid4000":
-        return output_identity(source.study_uid, result, kind).sop_instance_uid
+    if kind in SR_KINDS:
+        return str(planned_document(kind, source, result, created_at, device_uid(settings))["sop_instance_uid"])
     if kind == "oru":
         from node.outputs.hl7 import control_id
 
@@ -97,6 +117,8 @@ class OutputPreparer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dir = settings.data_dir / "outbox"
+        if settings.data_dir.is_dir():  # the node's start: give the installation its device UID now,
+            device_uid(settings)        # so `mammo-node status` shows it before the first SR
 
     @property
     def enabled(self) -> bool:
@@ -113,14 +135,22 @@ class OutputPreparer:
         suffix = "hl7" if kind == "oru" else "dcm"
         return str((self.dir / f"{kind}-{identity}.{suffix}").relative_to(self.settings.data_dir))
 
-    def plan(self, source: SourceStudy, result: dict[str, Any]) -> list[dict[str, Any]]:
-        """Outbox rows (destination, kind, identity, payload path relative to data_dir) for ``result``."""
+    def plan(self, source: SourceStudy, result: dict[str, Any], created_at: float) -> list[dict[str, Any]]:
+        """Outbox rows (destination, kind, identity, payload path relative to data_dir) for ``result``,
+        journaled at ``created_at``. Each planned SR is recorded in ``result["documents"]`` (UIDs,
+        SOP class, numbers), so a later result of the study can name it as its predecessor."""
         rows: list[dict[str, Any]] = []
         identities: dict[str, str | None] = {}
+        documents: dict[str, dict[str, Any]] = {}
         for destination, kind in self._wanted():
             if kind not in identities:
                 try:
-                    identities[kind] = planned_identity(kind, source, result)
+                    if kind in SR_KINDS:
+                        documents[kind] = planned_document(kind, source, result, created_at,
+                                                           device_uid(self.settings))
+                        identities[kind] = str(documents[kind]["sop_instance_uid"])
+                    else:
+                        identities[kind] = planned_identity(kind, source, result, created_at, self.settings)
                 except NotApplicable as exc:
                     log.info("no %s output for this result: %s", kind, exc)
                     identities[kind] = None
@@ -128,6 +158,8 @@ class OutputPreparer:
             if identity is not None:
                 rows.append({"destination": destination, "kind": kind, "identity": identity,
                              "payload": self.payload_path(kind, identity)})
+        if documents:
+            result["documents"] = documents
         return rows
 
     def render(self, journal: Journal, study_uid: str, kind: str, identity: str) -> Path:
@@ -149,4 +181,4 @@ class OutputPreparer:
 
 
 __all__ = ["HL7_DESTINATION", "NotApplicable", "OutputPreparer", "OutputSuperseded", "build_output",
-           "planned_identity", "selected_sources"]
+           "planned_document", "planned_identity", "selected_sources"]

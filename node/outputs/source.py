@@ -7,7 +7,10 @@ study modules, and HL7 fills PID/OBR from the same attributes. Only headers are 
 from __future__ import annotations
 
 import hashlib
+import json
+from copy import deepcopy
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,12 +20,43 @@ import uuid
 
 from node.views import POSITIONS
 
-# Patient and general study attributes copied into every SR (PS3.3 C.7.1.1, C.7.2.1, C.7.1.4 subset).
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-    "StudyDescription", "IssuerOfAccessionNumberSequence", "ProcedureCodeSequence",
+# The Patient (PS3.3 C.7.1.1), General Study (C.7.2.1) and Patient Study (C.7.2.2) modules, copied
+# whole into every SR: every attribute the source images have (other patient IDs, issuers, the
+# referring physician's identification, ...). Type 2 attributes the source lacks are written empty.
+PATIENT_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID",
+    "PatientBirthDate", "PatientBirthTime", "PatientBirthDateInAlternativeCalendar",
+    "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar", "PatientSex",
+    "QualityControlSubject", "ReferencedPatientPhotoSequence", "ReferencedPatientSequence",
+    "OtherPatientIDsSequence", "OtherPatientIDs", "OtherPatientNames", "EthnicGroup", "EthnicGroupCodeSequence",
+    "PatientComments", "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription",
+    "PatientBreedCodeSequence", "BreedRegistrationSequence", "StrainDescription", "StrainNomenclature",
+    "StrainCodeSequence", "StrainAdditionalInformation", "StrainStockSequence", "GeneticModificationsSequence",
+    "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization", "PatientIdentityRemoved",
+    "DeidentificationMethod", "DeidentificationMethodCodeSequence", "SourcePatientGroupIdentificationSequence",
+    "GroupOfPatientsIdentificationSequence",
 )
+GENERAL_STUDY_KEYWORDS = (
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName", "ConsultingPhysicianIdentificationSequence",
+    "StudyID", "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription", "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence", "RequestingServiceCodeSequence", "ReferencedStudySequence",
+    "ProcedureCodeSequence", "ReasonForPerformedProcedureCodeSequence",
+)
+PATIENT_STUDY_MODULE_KEYWORDS = (
+    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
+    "PatientWeight", "PatientSizeCodeSequence", "PatientBodyMassIndex", "MeasuredAPDimension",
+    "MeasuredLateralDimension", "MedicalAlerts", "Allergies", "Occupation", "SmokingStatus",
+    "AdditionalPatientHistory", "PregnancyStatus", "LastMenstrualDate", "PatientSexNeutered",
+    "ReasonForVisit", "ReasonForVisitCodeSequence", "AdmissionID", "IssuerOfAdmissionIDSequence",
+    "ServiceEpisodeID", "IssuerOfServiceEpisodeIDSequence", "ServiceEpisodeDescription",
+    "PatientState",
+)
+PATIENT_STUDY_KEYWORDS = PATIENT_KEYWORDS + GENERAL_STUDY_KEYWORDS + PATIENT_STUDY_MODULE_KEYWORDS
+# Type 2 attributes of those modules: present, empty when the source has none.
+PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 @dataclass(frozen=True)
@@ -66,11 +100,73 @@ class SourceStudy:
         return self.images[0].dataset
 
     def patient_study_attributes(self) -> Dataset:
+        """The Patient, General Study and Patient Study modules of the source, type 2 attributes
+        present (empty when the source lacks them)."""
         out = Dataset()
         for keyword in PATIENT_STUDY_KEYWORDS:
             if keyword in self.header:
-                setattr(out, keyword, self.header[keyword].value)
+                out.add(deepcopy(self.header[keyword]))
+        for keyword in PATIENT_STUDY_TYPE2:
+            if keyword not in out:
+                setattr(out, keyword, "")
+        out.StudyInstanceUID = self.study_uid
         return out
+
+    def referenced_requests(self) -> list[Dataset]:
+        """SR Document General's Referenced Request Sequence (PS3.3 C.17.2): one item per request
+        of the source's Request Attributes Sequence, or one from the header's own order numbers;
+        none when the source names no request (no accession number, no order, no requested
+        procedure)."""
+        requests = list(self.header.get("RequestAttributesSequence", None) or [])
+        keys = ("AccessionNumber", "PlacerOrderNumberImagingServiceRequest",
+                "FillerOrderNumberImagingServiceRequest", "RequestedProcedureID")
+        if not requests:
+            if not any(str(self.header.get(k, "") or "").strip() for k in keys):
+                return []
+            requests = [self.header]
+        out = []
+        for request in requests:
+            item = Dataset()
+            item.StudyInstanceUID = self.study_uid
+            item.ReferencedStudySequence = []
+            for keyword in ("AccessionNumber", "IssuerOfAccessionNumberSequence",
+                            "PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest",
+                            "RequestedProcedureID", "RequestedProcedureDescription",
+                            "RequestedProcedureCodeSequence"):
+                element = request.get(keyword) if keyword in request else self.header.get(keyword)
+                if element is not None:
+                    setattr(item, keyword, deepcopy(element.value if hasattr(element, "value") else element))
+            for keyword in ("AccessionNumber", "PlacerOrderNumberImagingServiceRequest",
+                            "FillerOrderNumberImagingServiceRequest", "RequestedProcedureID",
+                            "RequestedProcedureDescription"):
+                if keyword not in item:
+                    setattr(item, keyword, "")  # type 2
+            if "RequestedProcedureCodeSequence" not in item:
+                item.RequestedProcedureCodeSequence = []
+            out.append(item)
+        return out
+
+    @property
+    def timezone_offset(self) -> str | None:
+        """The source's Timezone Offset From UTC ("+0100"), None when it has none or a bad one."""
+        value = str(self.header.get("TimezoneOffsetFromUTC", "") or "").strip()
+        if len(value) == 5 and value[0] in "+-" and value[1:].isdigit() and int(value[3:]) < 60:
+            return value
+        return None
+
+    def header_digest(self) -> str:
+        """A digest of every header attribute of the source images (what the SRs copy from them)."""
+        digest = hashlib.sha256()
+        for image in self.images:
+            digest.update(image.position.encode())
+            for element in image.dataset.iterall():
+                if element.VR == "SQ":
+                    digest.update(f"{element.tag}:SQ:{len(element.value)}".encode())
+                    continue
+                value = element.value
+                digest.update(f"{element.tag}:{element.VR}:".encode())
+                digest.update(value if isinstance(value, bytes) else repr(value).encode())
+        return digest.hexdigest()
 
     def evidence(self) -> list[Dataset]:
         """Current Requested Procedure Evidence: the source images, by series (viewers need it)."""
@@ -107,10 +203,8 @@ class SourceStudy:
 
 
 def result_fingerprint(study_uid: str, models: dict[str, str], result: dict[str, Any]) -> str:
-    """A short stable digest of what a result says: outputs derived from it (UIDs, HL7 control
-    IDs) are equal for an identical resend and differ when a reprocessing changed the result."""
-    import json
-
+    """A short stable digest of what a result says (HL7 control IDs derive from it; the SRs use
+    :func:`document_identity`, which covers everything their bytes depend on)."""
     text = json.dumps({"study": study_uid, "models": models,
                        "breasts": result.get("breasts"), "report": result.get("report")}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -141,8 +235,66 @@ class OutputIdentity:
 
 
 def output_identity(study_uid: str, result: dict[str, Any], kind: str) -> OutputIdentity:
+    """The identity from the result alone: what HL7 control IDs derive from, and what the SRs of
+    results journaled before document_identity existed were named by (node.outputs.amend)."""
     models = dict(result.get("models", {}))
     fingerprint = result_fingerprint(study_uid, models, result)
     versions = [f"{k}={v}" for k, v in sorted(models.items())]
     return OutputIdentity(derived_uid("series", study_uid, kind, versions),
                           derived_uid("instance", study_uid, kind, fingerprint), fingerprint)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """The SR's own date and time (content, series, instance creation) and the offset they are in."""
+
+    date: str  # YYYYMMDD
+    time: str  # HHMMSS
+    offset: str | None  # "+0100", or None: local time of the node, no Timezone Offset From UTC written
+
+    @property
+    def datetime(self) -> str:
+        return self.date + self.time
+
+
+def stamp(created_at: float, source: SourceStudy) -> Stamp:
+    """``created_at`` in the time zone of the source images: in their Timezone Offset From UTC when
+    they have one (the SR then carries the same offset, which applies to the study date and time it
+    copies too), else in the node's local time with no offset written, as the source's own times
+    are (PS3.3 C.12.1.1.8: one offset for every date and time of the instance)."""
+    offset = source.timezone_offset
+    if offset is None:
+        when = datetime.fromtimestamp(created_at)  # the node's local time, as the modality's clock
+    else:
+        minutes = (int(offset[1:3]) * 60 + int(offset[3:5])) * (1 if offset[0] == "+" else -1)
+        when = datetime.fromtimestamp(created_at, tz=timezone(timedelta(minutes=minutes)))
+    return Stamp(when.strftime("%Y%m%d"), when.strftime("%H%M%S"), offset)
+
+
+# What of the result an SR shows (the rest, e.g. processing seconds, never reaches its bytes).
+_DOCUMENT_RESULT_KEYS = ("status", "missing_views", "breasts", "disagreements", "report", "models",
+                         "replaces", "preliminary")
+
+
+def document_identity(source: SourceStudy, result: dict[str, Any], kind: str, created_at: float,
+                      *, device_uid: str, extra: Iterable[str] = ()) -> OutputIdentity:
+    """The UIDs of one SR: the series per (study, kind, model versions); the instance from
+    everything its bytes depend on: the result as shown, the source images and their headers, the
+    creation stamp, the node's software version and device UID, and ``extra`` (the writer's own
+    choices, e.g. the SOP class). Same content, same UID (a resend replaces itself in the PACS);
+    different content, a different UID (a PACS never sees two versions under one UID)."""
+    from node.outputs.common import SOFTWARE_VERSION
+
+    models = dict(result.get("models", {}))
+    when = stamp(created_at, source)
+    text = json.dumps({
+        "study": source.study_uid, "kind": kind,
+        "result": {key: result.get(key) for key in _DOCUMENT_RESULT_KEYS},
+        "images": [[i.position, i.sop_class_uid, i.series_instance_uid, i.sop_instance_uid] for i in source.images],
+        "headers": source.header_digest(), "stamp": [when.datetime, when.offset],
+        "software": SOFTWARE_VERSION, "device": device_uid, "extra": list(extra),
+    }, sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:32]
+    versions = [f"{k}={v}" for k, v in sorted(models.items())]
+    return OutputIdentity(derived_uid("series", source.study_uid, kind, versions),
+                          derived_uid("instance", source.study_uid, kind, fingerprint), fingerprint)

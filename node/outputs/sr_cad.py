@@ -8,7 +8,9 @@ are set on a plain pydicom Dataset. docs/sr-tid4000.md lists the tree with every
 What TID 4000 cannot hold is said, never invented: a Single Image Finding must have a Center
 point on an image (TID 4006 row 8, TID 4021), and our findings come from report text without
 coordinates, so they are written in the Impression Description of their breast; only breast
-composition (which needs no geometry) is a coded Single Image Finding. The document is in the
+composition (which needs no geometry) is a coded Single Image Finding. With no CAD mark encoded,
+the CAD Processing and Findings Summary never says "with findings", and the overall Impression
+Description says what was and was not attempted. The document is in the
 source study, in its own series, UNVERIFIED, with the preliminary-AI disclaimer; UIDs and dates
 come from the result, so building it twice gives the same bytes.
 """
@@ -29,10 +31,10 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from models import lexicon
 from node.outputs import codes as C
-from node.outputs.amend import predecessor_documents
-from node.outputs.common import (DEVICE_NAME, DISCLAIMER, INSTANCE_NUMBER, MANUFACTURER, SERIES_DESCRIPTION,
-                                 SERIES_NUMBER, SOFTWARE_VERSION, model_label, utc)
-from node.outputs.source import SourceImage, SourceStudy, derived_uid, output_identity
+from node.outputs.amend import document_numbers, predecessor_documents
+from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION, SOFTWARE_VERSION,
+                                 completion, model_label, report_language)
+from node.outputs.source import SourceImage, SourceStudy, derived_uid, document_identity, stamp
 from node.views import VIEW_CODES as VIEW_NAMES
 
 KIND = "tid4000"
@@ -71,12 +73,10 @@ ALGORITHM_VERSION = _concept(codes.DCM.AlgorithmVersion)  # 111003
 ALGORITHM_PARAMETERS = _concept(codes.DCM.AlgorithmParameters)  # 111002
 SUCCEEDED = CodedConcept("111222", "DCM", "Succeeded")  # CID 6042
 NOT_ATTEMPTED = CodedConcept("111225", "DCM", "Not Attempted")
-WITH_FINDINGS = CodedConcept("111242", "DCM", "All algorithms succeeded; with findings")  # CID 6047
 WITHOUT_FINDINGS = CodedConcept("111241", "DCM", "All algorithms succeeded; without findings")
 NONE_SUCCEEDED = CodedConcept("111245", "DCM", "No algorithms succeeded; without findings")
 PERCENT = _concept(codes.UCUM.Percent)
 MILLIMETER = CodedConcept("mm", "UCUM", "millimeter")
-ENGLISH = CodedConcept("en-US", "RFC5646", "English (United States)")
 LIBRARY_CONTEXT = {  # TID 4020 rows: (concept, header keyword), each present when the image has it
     "StudyDate": CodedConcept("111060", "DCM", "Study Date"), "StudyTime": CodedConcept("111061", "DCM", "Study Time"),
     "ContentDate": CodedConcept("111018", "DCM", "Content Date"),
@@ -95,6 +95,10 @@ _FINDINGS_NOTE = ("(from the generated report text; not localized on the images,
 _FINDINGS_LINE = re.compile(r"^(Right|Left) breast findings " + re.escape(_FINDINGS_NOTE) + r": (.*?)\.?$")
 _SIDE_LINE = re.compile(r"^(Right|Left) breast: ")
 _NONE_REPORTED = "none reported"
+# What the CAD did and did not do, said in the overall Impression Description of every SR where models ran.
+ATTEMPTED = ("CAD processing: breast composition and BI-RADS assessment per breast were attempted and succeeded. "
+             "Lesion detection and localization were not attempted: there are no CAD marks. Findings named "
+             "below come from the generated report text and are not localized.")
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -232,6 +236,8 @@ def _overall_text(result: dict[str, Any], without_individual: Iterable[str]) -> 
     status = result.get("status", "complete")
     missing = ", ".join(result.get("missing_views") or [])
     lines = [DISCLAIMER]
+    if status != "incomplete":
+        lines.append(ATTEMPTED)
     if status == "incomplete":
         lines.append(f"Not processed: views missing ({missing}); no model ran, so there is no AI result.")
     elif missing:
@@ -291,12 +297,10 @@ def _cad_summary(result: dict[str, Any]) -> CodeContentItem:
     for kind in kinds or [NODE_KIND]:
         body += _algorithm(result.get("models") or {}, kind, Rel.HAS_PROPERTIES)
     children = body + [_individual(side, breasts[side], result) for side in individual]
-    if not kinds:
-        value = NONE_SUCCEEDED
-    elif any(b.get("findings") for b in breasts.values()):
-        value = WITH_FINDINGS
-    else:
-        value = WITHOUT_FINDINGS
+    # CID 6047 "with findings" makes a workstation look for CAD marks (Single Image Findings and
+    # Composite Features with a location). None is encoded (module doc), so the summary never
+    # says so; what was and was not attempted is said in the overall Impression Description.
+    value = WITHOUT_FINDINGS if kinds else NONE_SUCCEEDED
     return _code(CAD_SUMMARY, value, Rel.CONTAINS, children)
 
 
@@ -326,7 +330,9 @@ def _summaries(result: dict[str, Any], source: SourceStudy) -> list[CodeContentI
 
 def _content_root(source: SourceStudy, result: dict[str, Any]) -> ContainerContentItem:
     library = _container(IMAGE_LIBRARY, Rel.CONTAINS, [_library_entry(i) for i in source.images])
-    children = [*hd.sr.LanguageOfContentItemAndDescendants(ENGLISH), library, _cad_summary(result),
+    tag, meaning = report_language(result)
+    language = hd.sr.LanguageOfContentItemAndDescendants(CodedConcept(tag, "RFC5646", meaning))
+    children = [*language, library, _cad_summary(result),
                 *_summaries(result, source)]
     return _container(REPORT, None, children, template_id="4000")
 
@@ -359,18 +365,18 @@ def _procedure_codes(source: SourceStudy) -> list[Dataset]:
     return [item]
 
 
-def _author(source: SourceStudy, result: dict[str, Any]) -> Dataset:
+def _author(source: SourceStudy, result: dict[str, Any], device_uid: str) -> Dataset:
     """The device observer of the whole document (SR Document General, Author Observer Sequence):
     TID 4000 has no observation-context rows, so who made it is said in the header."""
     item = Dataset()
     item.ObserverType = "DEV"
-    item.DeviceUID = derived_uid("device", DEVICE_NAME)
+    item.DeviceUID = device_uid
     item.StationName = DEVICE_NAME
     item.Manufacturer = MANUFACTURER
     labels = [" ".join(model_label(result.get("models") or {}, k)) for k in _model_kinds(result)]
     item.ManufacturerModelName = ("; ".join([DEVICE_NAME, *labels]))[:64]
-    if source.get("InstitutionName"):  # the node works for the site that sent the study
-        item.InstitutionName = source.get("InstitutionName")
+    # Type 2 (Identified Person or Device Macro): the site that sent the study, empty when unknown.
+    item.InstitutionName = source.get("InstitutionName") or ""
     item.InstitutionCodeSequence = []  # type 2: we know no code for the site
     return item
 
@@ -385,28 +391,27 @@ def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
     return meta
 
 
-def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float) -> Dataset:
+def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float,
+                             device_uid: str | None = None) -> Dataset:
     """The Mammography CAD SR for ``result`` (module doc; docs/sr-tid4000.md), ready for
     ``save_as(..., enforce_file_format=True)`` and C-STORE. ``created_at`` (the result's journal
-    time) is the content date/time. An incomplete result (no model ran) still gives a valid SR whose
+    time) is the content date/time; ``device_uid`` the installation's Device UID (builds outside a
+    node get a fixed one). An incomplete result (no model ran) still gives a valid SR whose
     summaries say Not Attempted, so a workstation shows that CAD did not run rather than nothing."""
-    identity = output_identity(source.study_uid, result, KIND)
-    when = utc(created_at)
-    day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    status = result.get("status", "complete")
+    device_uid = device_uid or derived_uid("device", DEVICE_NAME)
+    identity = document_identity(source, result, KIND, created_at, device_uid=device_uid, extra=[SOP_CLASS_UID])
+    series_number, instance_number = document_numbers(result, KIND, identity.series_instance_uid)
+    when = stamp(created_at, source)
+    day, clock = when.date, when.time
     ds = Dataset()
-    # Patient, General Study: copied from the source images (same Study Instance UID).
+    # Patient, General Study, Patient Study: the whole modules of the source images (type 2
+    # attributes present, empty when the source lacks them; same Study Instance UID).
     for elem in source.patient_study_attributes():
         ds.add(deepcopy(elem))
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
-        if keyword not in ds:
-            setattr(ds, keyword, "")  # type 2: present, empty when the source has none
-    ds.StudyInstanceUID = source.study_uid
     # SR Document Series: our own series.
     ds.Modality = "SR"
     ds.SeriesInstanceUID = identity.series_instance_uid
-    ds.SeriesNumber = SERIES_NUMBER[KIND]
+    ds.SeriesNumber = series_number
     ds.SeriesDate, ds.SeriesTime = day, clock
     ds.SeriesDescription = SERIES_DESCRIPTION[KIND]
     ds.ReferencedPerformedProcedureStepSequence = []
@@ -415,15 +420,15 @@ def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, cre
     ds.ManufacturerModelName = DEVICE_NAME
     ds.SoftwareVersions = [SOFTWARE_VERSION] + [(result.get("models") or {})[k][:64] for k in _model_kinds(result)]
     # SR Document General.
-    ds.InstanceNumber = INSTANCE_NUMBER
-    ds.CompletionFlag = "COMPLETE" if status == "complete" else "PARTIAL"
-    if status != "complete":
-        missing = ", ".join(result.get("missing_views") or [])
-        ds.CompletionFlagDescription = (f"views missing ({missing}); no model ran" if status == "incomplete"
-                                        else f"views missing ({missing}); processed with the views present")[:64]
+    ds.InstanceNumber = instance_number
+    ds.CompletionFlag, description = completion(result)
+    if description:
+        ds.CompletionFlagDescription = description
     ds.VerificationFlag = "UNVERIFIED"
     ds.ContentDate, ds.ContentTime = day, clock
-    ds.AuthorObserverSequence = [_author(source, result)]
+    ds.AuthorObserverSequence = [_author(source, result, device_uid)]
+    if requests := source.referenced_requests():
+        ds.ReferencedRequestSequence = requests
     ds.PerformedProcedureCodeSequence = _procedure_codes(source)
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(source)
     if predecessors := predecessor_documents(result, KIND):  # this result replaces a delivered one
@@ -436,8 +441,9 @@ def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, cre
     ds.SOPClassUID = SOP_CLASS_UID
     ds.SOPInstanceUID = identity.sop_instance_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = day, clock
-    ds.TimezoneOffsetFromUTC = "+0000"
-    if _uses_local_scheme(ds):
+    if when.offset:  # the source's offset (it applies to the study date and time copied too)
+        ds.TimezoneOffsetFromUTC = when.offset
+    if C.uses_local_scheme(ds):
         scheme = Dataset()
         scheme.CodingSchemeDesignator = C.LOCAL_SCHEME
         scheme.CodingSchemeName = C.LOCAL_SCHEME_NAME
@@ -460,16 +466,6 @@ def _character_set(ds: Dataset) -> str:
                 except UnicodeEncodeError:
                     return "ISO_IR 192"
     return "ISO_IR 100"
-
-
-def _uses_local_scheme(ds: Dataset) -> bool:
-    for item in ds.get("ContentSequence", []):
-        for key in ("ConceptCodeSequence", "ConceptNameCodeSequence"):
-            if any(c.CodingSchemeDesignator == C.LOCAL_SCHEME for c in item.get(key, [])):
-                return True
-        if _uses_local_scheme(item):
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------- reading it back

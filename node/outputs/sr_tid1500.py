@@ -1,22 +1,25 @@
-"""The result as a Comprehensive SR with a TID 1500 Measurement Report (IHE AI Results), via highdicom.
+"""The result as a TID 1500 Measurement Report in a Comprehensive 3D SR (IHE AI Results), via highdicom.
 
 Content tree (docs/dicom-sr.md shows it with every code):
 
-- Imaging Measurement Report, language, device observer (node name, model names and versions),
-  procedure reported (the study's procedure code, else SCT Mammography), image library (the
-  four source images with laterality and view);
-- one TID 1501 measurement group per breast: tracking identifier, finding site Breast with
-  laterality, algorithm identification (TID 4019), qualitative evaluations Assessment Category
-  (BI-RADS), Breast composition (density), one Finding per reported finding (POS, or UNC with
-  the certainty said) with its locations and descriptors as properties, and the classifier's
-  probability of a BI-RADS 4/5 category as a measurement;
+- Imaging Measurement Report, language of the report, device observer (the installation's Device
+  Observer UID, node name, model names and versions), procedure reported (the study's procedure
+  code, else SCT Mammography), image library (the source images with laterality and view);
+- per breast a TID 1501 assessment group: tracking identifier and UID, Finding Breast, finding
+  site Breast with laterality, algorithm identification (TID 4019), Assessment Category (BI-RADS),
+  Breast composition (density), and the classifier's probability of a BI-RADS 4 or 5 category
+  under our own concept (it is not a probability of cancer);
+- then one TID 1501 group per reported finding (row 3b allows one Finding per group): its own
+  tracking identifier and UID, the finding, finding sites with laterality and topographical
+  modifiers (clock, depth, direction), descriptors and certainty as qualitative evaluations;
 - Qualitative Evaluations: the report's Findings and Impressions text and the preliminary-AI
   disclaimer.
 
-The document is in the source study (same Study Instance UID) in our own series, UNVERIFIED and
-PARTIAL (a radiologist has not signed it), with Current Requested Procedure Evidence listing the
-source images. UIDs and dates come from the result (node.outputs.source.output_identity), so
-building it twice gives the same bytes.
+The document is in the source study (same Study Instance UID, whole patient and study modules
+copied) in our own series, UNVERIFIED, COMPLETE or PARTIAL by content as the CAD SR, with Current
+Requested Procedure Evidence listing the source images. UIDs and dates come from the result, the
+source and the creation time (node.outputs.source.document_identity), so building it twice gives
+the same bytes and anything that changes the bytes changes the SOP Instance UID.
 """
 from __future__ import annotations
 
@@ -30,15 +33,16 @@ from pydicom.sr.codedict import codes
 
 from models import lexicon
 from node.outputs import codes as C
-from node.outputs.amend import predecessor_documents
-from node.outputs.common import (DEVICE_NAME, DISCLAIMER, INSTANCE_NUMBER, MANUFACTURER, SERIES_DESCRIPTION,
-                                 SERIES_NUMBER, SOFTWARE_VERSION, NotApplicable, model_label, utc)
-from node.outputs.source import SourceStudy, derived_uid, output_identity
+from node.outputs.amend import document_numbers, predecessor_documents
+from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION, SOFTWARE_VERSION,
+                                 NotApplicable, completion, model_label, report_language)
+from node.outputs.source import SourceStudy, derived_uid, document_identity, stamp
 
 KIND = "tid1500"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SOP_CLASS_UID = COMPREHENSIVE_3D_SR  # IHE AI Results (AIR) sends TID 1500 as Comprehensive 3D SR
 _SIDE_NAMES = {"R": "right breast", "L": "left breast"}
-ENGLISH = CodedConcept("en-US", "RFC5646", "English (United States)")
-UNCERTAIN = CodedConcept("111012", "DCM", "Certainty of Finding")  # value: Possible (CID 6048 style)
 
 
 def _procedure(source: SourceStudy) -> list[CodedConcept]:
@@ -55,51 +59,81 @@ def _as_code(code: Any) -> Dataset:
     return ds
 
 
-def _property(name: Any, value: CodedConcept) -> CodeContentItem:
-    return CodeContentItem(name=name, value=value, relationship_type=RelationshipTypeValues.HAS_PROPERTIES)
+def _finding_sites(side: str, locations: list[str]) -> list[hd.sr.FindingSite]:
+    """TID 1501 Finding Site for one finding: the part of the breast (a quadrant, the central or
+    subareolar region, ...; the breast when the report names none) with its laterality, and each
+    clock position, depth or direction as a topographical modifier. The template gives one modifier
+    per site, so a finding with several gets one site per modifier, each naming the same part."""
+    structures: list[CodedConcept] = []
+    modifiers: list[CodedConcept] = []
+    for term_id in locations:
+        term, value = lexicon.get(term_id), C.term_concept(term_id)
+        if value is None:
+            continue
+        if term.group in C.TOPOGRAPHICAL_GROUPS or term_id in C.TOPOGRAPHICAL_TERMS:
+            modifiers.append(value)
+        else:
+            structures.append(value)
+    laterality = C.side_code(side)
+    first = structures[0] if structures else C.BREAST
+    sites = [hd.sr.FindingSite(first, laterality, modifier) for modifier in modifiers] or \
+        [hd.sr.FindingSite(first, laterality)]
+    return sites + [hd.sr.FindingSite(other, laterality) for other in structures[1:]]
 
 
-def _finding_evaluation(finding: dict[str, Any]) -> hd.sr.QualitativeEvaluation | None:
-    """One reported finding: its code, with locations, descriptors and certainty as properties."""
+def _finding_group(study_uid: str, side: str, index: int, finding: dict[str, Any],
+                   algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """One TID 1501 group per reported finding: its own tracking identifier and UID, the finding
+    (row 3b, once), where it is (finding sites), and its descriptors and certainty as qualitative
+    evaluations. None for a finding kind without a code (it stays in the report text)."""
     concept = C.term_concept(finding["kind"])
     if concept is None:
         return None
-    evaluation = hd.sr.QualitativeEvaluation(C.FINDING, concept)
-    children = []
-    for term_id in finding.get("locations", []):
-        term, value = lexicon.get(term_id), C.term_concept(term_id)
-        name = C.LOCATION_NAMES.get(term.group)
-        if name is not None and value is not None:
-            children.append(_property(name, value))
+    evaluations = []
     for term_id in finding.get("descriptors", []):
         term, value = lexicon.get(term_id), C.term_concept(term_id)
         if value is not None:
-            children.append(_property(C.DESCRIPTOR_NAMES.get(term.group, C.FINDING), value))
+            name = C.DESCRIPTOR_NAMES.get(term.group, C.OTHER_DESCRIPTOR)
+            evaluations.append(hd.sr.QualitativeEvaluation(name, value))
     if finding.get("status") == "UNC":
-        children.append(_property(UNCERTAIN, CodedConcept("371930009", "SCT", "Possible")))
-    if children:
-        evaluation[0].ContentSequence = ContentSequence(children)
-    return evaluation
+        evaluations.append(hd.sr.QualitativeEvaluation(C.CERTAINTY_OF_FINDING, C.POSSIBLE))
+    label = f"{_SIDE_NAMES[side]} finding {index}: {_term_name(finding['kind'])}"
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid("tracking", study_uid, side, "finding", str(index), finding["kind"]),
+            identifier=label[:64]),
+        finding_type=concept,
+        finding_sites=_finding_sites(side, list(finding.get("locations", []))),
+        algorithm_id=algorithm,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def _term_name(term_id: str) -> str:
+    try:
+        return lexicon.get(term_id).name
+    except KeyError:
+        return term_id.replace("_", " ")
 
 
 def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
-                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+                  algorithm: hd.sr.AlgorithmIdentification,
+                  classifier_algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The breast's assessment (TID 1501, Finding = Breast): BI-RADS, composition, and the
+    classifier's probability mass on BI-RADS 4 and 5 under our own concept (it is not a
+    probability of cancer)."""
     evaluations = []
     if breast.get("birads"):
         evaluations.append(hd.sr.QualitativeEvaluation(C.ASSESSMENT_CATEGORY, C.birads_concept(breast["birads"])))
     if breast.get("density"):
         evaluations.append(hd.sr.QualitativeEvaluation(C.BREAST_COMPOSITION, C.density_concept(breast["density"])))
-    for finding in breast.get("findings", []):
-        evaluation = _finding_evaluation(finding)
-        if evaluation is not None:
-            evaluations.append(evaluation)
     measurements = []
     classifier = breast.get("classifier") or {}
     probs = classifier.get("birads_probabilities") or {}
     if probs:
         suspicious = sum(float(probs.get(k, 0.0)) for k in ("4", "5"))
-        measurements.append(hd.sr.Measurement(name=C.PROBABILITY_OF_CANCER, value=round(suspicious, 4),
-                                              unit=C.UNITLESS, algorithm_id=algorithm))
+        measurements.append(hd.sr.Measurement(name=C.SUSPICIOUS_BIRADS_PROBABILITY, value=round(suspicious, 4),
+                                              unit=C.UNITLESS, algorithm_id=classifier_algorithm))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("tracking", study_uid, side),
                                                      identifier=_SIDE_NAMES[side]),
@@ -111,12 +145,66 @@ def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
     )
 
 
+def _groups(study_uid: str, result: dict[str, Any]) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Per breast: its assessment group, then one group per finding (from the report: MammoRG)."""
+    versions = result.get("models", {})
+    vm_name, vm_version = model_label(versions, "versamammo")
+    rg_name, rg_version = model_label(versions, "mammorg")
+    both = hd.sr.AlgorithmIdentification(name=f"{vm_name}+{rg_name}"[:64], version=f"{vm_version}+{rg_version}"[:64])
+    classifier = hd.sr.AlgorithmIdentification(name=vm_name[:64], version=vm_version[:64])
+    generator = hd.sr.AlgorithmIdentification(name=rg_name[:64], version=rg_version[:64])
+    groups = []
+    for side in ("R", "L"):
+        breast = (result.get("breasts") or {}).get(side)
+        if breast is None:
+            continue
+        groups.append(_breast_group(study_uid, side, breast, both, classifier))
+        for index, finding in enumerate(breast.get("findings", []), start=1):
+            group = _finding_group(study_uid, side, index, finding, generator)
+            if group is not None:
+                groups.append(group)
+    return groups
+
+
+_ORIENTATION_ITEMS = ("111044", "111043")  # Patient Orientation Row / Column
+_SPACING_ITEMS = ("111026", "111066")  # Horizontal / Vertical Pixel Spacing
+
+
+def _for_highdicom(source: SourceStudy, image: Any) -> Dataset:
+    """The image header as highdicom's SR classes read it: they take the patient and study
+    attributes from the first evidence image and a projection image's orientation and imager
+    pixel spacing without checking they exist. Type 2 attributes the source lacks are given
+    empty; a missing orientation or spacing gets a stand-in whose library items are removed after
+    (_describe_library_images). The source dataset is not changed."""
+    out = Dataset()
+    for element in image.dataset:
+        out.add(element)
+    for element in source.patient_study_attributes():
+        if element.tag not in out:
+            out.add(element)
+    if len(out.get("PatientOrientation") or []) != 2:
+        out.PatientOrientation = ["A", "R"]
+    if len(out.get("ImagerPixelSpacing") or []) != 2:
+        out.ImagerPixelSpacing = out.get("PixelSpacing") if len(out.get("PixelSpacing") or []) == 2 else [1.0, 1.0]
+    return out
+
+
 def _describe_library_images(root: Dataset, source: SourceStudy) -> None:
     """Add each image's laterality and view (TID 1602 rows) to the image library highdicom wrote:
-    a mammography viewer sorts the hanging protocol by them."""
+    a mammography viewer sorts the hanging protocol by them. Rows for an orientation or a pixel
+    spacing the image does not have are removed (highdicom wrote stand-ins)."""
     library = next(i for i in root.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028")
     entries = [i for group in library.ContentSequence for i in group.ContentSequence if i.ValueType == "IMAGE"]
     for entry, image in zip(entries, source.images):
+        header = image.dataset
+        drop = set()
+        if len(header.get("PatientOrientation") or []) != 2:
+            drop.update(_ORIENTATION_ITEMS)
+        if len(header.get("ImagerPixelSpacing") or []) != 2 and len(header.get("PixelSpacing") or []) != 2:
+            drop.update(_SPACING_ITEMS)
+        if drop:
+            entry.ContentSequence = ContentSequence(
+                [i for i in entry.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue not in drop])
         entry.ContentSequence.extend([
             CodeContentItem(C.IMAGE_LATERALITY, C.side_code(image.laterality),
                             RelationshipTypeValues.HAS_ACQ_CONTEXT),
@@ -145,72 +233,71 @@ def _text_container(result: dict[str, Any]) -> ContainerContentItem:
     return container
 
 
-def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float) -> hd.sr.ComprehensiveSR:
-    """The Comprehensive SR for ``result`` (see the module docstring); ``created_at`` is the result's
-    journal time and becomes the content date/time. Raises NotApplicable for a result without any
-    model output (an incomplete study under ``incomplete_policy = "report"``)."""
+def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float,
+                     device_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 SR for ``result`` (see the module docstring), Comprehensive 3D SR as IHE AIR
+    asks; ``created_at`` is the result's journal time and becomes the content date/time;
+    ``device_uid`` is the installation's Device Observer UID (node.outputs.common; builds outside a
+    node get a fixed one). Raises NotApplicable for a result without any model output (an
+    incomplete study under ``incomplete_policy = "report"``)."""
     if result.get("status") == "incomplete" or not result.get("breasts"):
         raise NotApplicable("no model ran (views missing): the HL7 result says so, no SR is made")
-    identity = output_identity(source.study_uid, result, KIND)
+    device_uid = device_uid or derived_uid("device", DEVICE_NAME)
+    identity = document_identity(source, result, KIND, created_at, device_uid=device_uid, extra=[SOP_CLASS_UID])
+    series_number, instance_number = document_numbers(result, KIND, identity.series_instance_uid)
     versions = result.get("models", {})
     vm_name, vm_version = model_label(versions, "versamammo")
     rg_name, rg_version = model_label(versions, "mammorg")
     models_text = f"{vm_name} {vm_version}; {rg_name} {rg_version}"
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derived_uid("device", DEVICE_NAME), name=DEVICE_NAME, manufacturer_name=MANUFACTURER,
-        model_name=models_text[:64])
+        uid=device_uid, name=DEVICE_NAME, manufacturer_name=MANUFACTURER, model_name=models_text[:64])
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    algorithm = hd.sr.AlgorithmIdentification(name=f"{vm_name}+{rg_name}"[:64],
-                                              version=f"{vm_version}+{rg_version}"[:64])
-    groups = [_breast_group(source.study_uid, side, result["breasts"][side], algorithm)
-              for side in ("R", "L") if side in result.get("breasts", {})]
+    groups = _groups(source.study_uid, result)
+    tag, meaning = report_language(result)
+    language = CodedConcept(tag, "RFC5646", meaning)
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=_procedure(source), imaging_measurements=groups or None,
-        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(ENGLISH),
-        referenced_images=[image.dataset for image in source.images])
+        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(language),
+        referenced_images=[_for_highdicom(source, image) for image in source.images])
     _describe_library_images(report[0], source)
     report[0].ContentSequence.append(_text_container(result))
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[image.dataset for image in source.images], content=report[0],
-        series_instance_uid=identity.series_instance_uid, series_number=SERIES_NUMBER[KIND],
-        sop_instance_uid=identity.sop_instance_uid, instance_number=INSTANCE_NUMBER,
-        manufacturer=MANUFACTURER, is_complete=False, is_final=False, is_verified=False,
+    flag, flag_description = completion(result)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[_for_highdicom(source, image) for image in source.images], content=report[0],
+        series_instance_uid=identity.series_instance_uid, series_number=series_number,
+        sop_instance_uid=identity.sop_instance_uid, instance_number=instance_number,
+        manufacturer=MANUFACTURER, is_complete=flag == "COMPLETE", is_final=False, is_verified=False,
         record_evidence=False,  # set below from the source images: highdicom's tree search is slow
         institution_name=source.get("InstitutionName") or None,
         performed_procedure_codes=_procedure(source),
         series_description=SERIES_DESCRIPTION[KIND], software_versions=SOFTWARE_VERSION,
         manufacturer_model_name=DEVICE_NAME)
-    when = utc(created_at)
+    for element in source.patient_study_attributes():  # the whole modules, type 2 present
+        sr[element.tag] = element
+    if flag_description:
+        sr.CompletionFlagDescription = flag_description
+    when = stamp(created_at, source)
     for prefix in ("Content", "InstanceCreation", "Series"):
-        setattr(sr, f"{prefix}Date", when.strftime("%Y%m%d"))
-        setattr(sr, f"{prefix}Time", when.strftime("%H%M%S"))
-    sr.TimezoneOffsetFromUTC = "+0000"
+        setattr(sr, f"{prefix}Date", when.date)
+        setattr(sr, f"{prefix}Time", when.time)
+    if when.offset:
+        sr.TimezoneOffsetFromUTC = when.offset
+    elif "TimezoneOffsetFromUTC" in sr:
+        del sr.TimezoneOffsetFromUTC
     sr.CurrentRequestedProcedureEvidenceSequence = source.evidence()
+    if requests := source.referenced_requests():
+        sr.ReferencedRequestSequence = requests
     if predecessors := predecessor_documents(result, KIND):  # this result replaces a delivered one
         sr.PredecessorDocumentsSequence = predecessors
-    if any(breast.get("birads") == "6" for breast in result.get("breasts", {}).values()):
+    if C.uses_local_scheme(sr):  # BI-RADS 6, the classifier's BI-RADS 4/5 probability
         sr.CodingSchemeIdentificationSequence = [_local_scheme()]
     if not _fits(sr.get("SpecificCharacterSet"), result):
         sr.SpecificCharacterSet = "ISO_IR 192"  # report text beyond the source images' character set
     for item in sr.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:  # highdicom stamps "now": use the result's time
-            item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+            item.ContributionDateTime = when.datetime + (when.offset or "")
     return sr
-
-
-def _finding_properties(item: Dataset) -> dict[str, Any]:
-    locations, descriptors, status = [], [], "POS"
-    for child in item.get("ContentSequence", []):
-        name, value = child.ConceptNameCodeSequence[0], child.ConceptCodeSequence[0]
-        if name.CodeValue == UNCERTAIN.value:
-            status = "UNC"
-            continue
-        category = "location" if name.CodeValue in {c.value for c in C.LOCATION_NAMES.values()} else "descriptor"
-        term = C.term_from_code(value.CodeValue, value.CodingSchemeDesignator, category)
-        if term:
-            (locations if category == "location" else descriptors).append(term)
-    return {"status": status, "locations": locations, "descriptors": descriptors}
 
 
 def _local_scheme() -> Dataset:
@@ -235,37 +322,69 @@ def _fits(charset: Any, result: dict[str, Any]) -> bool:
     return True
 
 
+def _side(site: hd.sr.FindingSite) -> str | None:
+    laterality = site.laterality
+    if laterality is None:
+        return None
+    return {C.RIGHT.value: "R", C.LEFT.value: "L"}.get(laterality.value)
+
+
+def _location_term(code: CodedConcept | None) -> str | None:
+    if code is None or code.value == C.BREAST.value:
+        return None
+    return C.term_from_code(code.value, code.scheme_designator, "location")
+
+
+def _read_finding(group: hd.sr.MeasurementsAndQualitativeEvaluations, kind: str) -> dict[str, Any]:
+    """A finding group as the result has it: status, locations (the sites' parts of the breast,
+    then their modifiers), descriptors."""
+    structures: list[str] = []
+    modifiers: list[str] = []
+    for site in group.finding_sites:
+        for term, bucket in ((_location_term(site.value), structures),
+                             (_location_term(site.topographical_modifier), modifiers)):
+            if term and term not in bucket:
+                bucket.append(term)
+    status, descriptors = "POS", []
+    for evaluation in group.get_qualitative_evaluations():
+        if evaluation.name.value == C.CERTAINTY_OF_FINDING.value:
+            status = "UNC" if evaluation.value.value == C.POSSIBLE.value else status
+            continue
+        term = C.term_from_code(evaluation.value.value, evaluation.value.scheme_designator, "descriptor")
+        if term:
+            descriptors.append(term)
+    return {"kind": kind, "status": status, "locations": structures + modifiers, "descriptors": descriptors}
+
+
 def read_tid1500_sr(ds: Dataset) -> dict[str, Any]:
-    """What a receiver reads back from our SR (highdicom's parser): per breast BI-RADS, density and
-    finding ids, the model versions and the report text; the round-trip tests compare it with the result."""
-    sr = ds if isinstance(ds, hd.sr.ComprehensiveSR) else hd.sr.ComprehensiveSR.from_dataset(ds)
+    """What a receiver reads back from our SR, through highdicom's public TID 1500 reader only (its
+    properties warn where the SR breaks the template): per breast BI-RADS, density and findings,
+    the model versions and the report text; the round-trip tests compare it with the result."""
+    if isinstance(ds, (hd.sr.ComprehensiveSR, hd.sr.Comprehensive3DSR)):
+        sr = ds
+    elif str(ds.SOPClassUID) == COMPREHENSIVE_3D_SR:
+        sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    else:
+        sr = hd.sr.ComprehensiveSR.from_dataset(ds)
     report = sr.content
     breasts: dict[str, Any] = {}
     for group in report.get_image_measurement_groups():
-        side = None
-        for site in group.finding_sites:
-            for mod in site.ContentSequence if "ContentSequence" in site else []:
-                if mod.ConceptCodeSequence[0].CodeValue == C.RIGHT.value:
-                    side = "R"
-                elif mod.ConceptCodeSequence[0].CodeValue == C.LEFT.value:
-                    side = "L"
-        if side is None:
+        finding = group.finding_type
+        sides = {_side(site) for site in group.finding_sites} - {None}
+        if finding is None or len(sides) != 1:
             continue
-        entry: dict[str, Any] = {"birads": None, "density": None, "findings": []}
-        for item in group[0].ContentSequence:
-            if item.ValueType != "CODE" or item.RelationshipType != "CONTAINS":
-                continue
-            name, value = item.ConceptNameCodeSequence[0], item.ConceptCodeSequence[0]
-            if name.CodeValue == C.ASSESSMENT_CATEGORY.value:
-                entry["birads"] = C.birads_from_concept(value.CodeValue, value.CodingSchemeDesignator,
-                                                        value.CodeMeaning)
-            elif name.CodeValue == C.BREAST_COMPOSITION.value:
-                entry["density"] = C.density_from_code(value.CodeValue)
-            elif name.CodeValue == C.FINDING.value and value.CodeValue != C.BREAST.value:
-                kind = C.term_from_code(value.CodeValue, value.CodingSchemeDesignator, "finding")
-                if kind:
-                    entry["findings"].append({"kind": kind, **_finding_properties(item)})
-        breasts[side] = entry
+        entry = breasts.setdefault(sides.pop(), {"birads": None, "density": None, "findings": []})
+        if finding.value == C.BREAST.value:
+            for evaluation in group.get_qualitative_evaluations():
+                value = evaluation.value
+                if evaluation.name.value == C.ASSESSMENT_CATEGORY.value:
+                    entry["birads"] = C.birads_from_concept(value.value, value.scheme_designator, value.meaning)
+                elif evaluation.name.value == C.BREAST_COMPOSITION.value:
+                    entry["density"] = C.density_from_code(value.value)
+            continue
+        kind = C.term_from_code(finding.value, finding.scheme_designator, "finding")
+        if kind:
+            entry["findings"].append(_read_finding(group, kind))
     texts: dict[str, str] = {}
     for item in sr.ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue == C.QUALITATIVE_EVALUATIONS.value:

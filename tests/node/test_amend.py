@@ -12,7 +12,9 @@ from node.config import HL7Output
 from node.journal import Journal
 from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.hl7 import build_oru, control_id, filler_order_number, parse_oru, validate_oru
-from node.outputs.source import output_identity
+from node.outputs.common import DEVICE_NAME
+from node.outputs.prepare import planned_document
+from node.outputs.source import derived_uid, output_identity
 from node.outputs.sr_cad import build_mammography_cad_sr
 from node.outputs.sr_tid1500 import build_tid1500_sr
 from tests.node.outputs_helpers import phantom_case
@@ -20,6 +22,7 @@ from tests.tools import require_tool
 
 CREATED = 1_764_000_000.0
 UID = "1.2.3.4"
+DEVICE = derived_uid("device", DEVICE_NAME)  # what the builders use without an installation
 
 
 def _result(version: str, status: str = "complete") -> dict:
@@ -44,9 +47,11 @@ def test_a_changed_result_names_each_delivered_output_it_replaces() -> None:
     links = replaced_outputs(v1, v2, UID, _delivered(v1, kinds=("tid1500", "oru")))
     assert set(links) == {"tid1500", "oru"}  # the CAD SR of v1 never reached anyone
     ident = output_identity(UID, v1, "tid1500")
+    # v1 was journaled without planned documents (as before issue 18.10): named by the result alone
     assert links["tid1500"] == {"study_uid": UID, "series_uid": ident.series_instance_uid,
                                 "sop_instance_uid": ident.sop_instance_uid,
-                                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.33"}
+                                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.33",
+                                "series_number": 9501, "instance_number": 1}
     assert links["oru"] == {"control_id": control_id(UID, v1), "filler_order_number": filler_order_number(UID, v1)}
 
 
@@ -58,26 +63,47 @@ def test_undelivered_results_pass_on_the_link_to_what_was_delivered() -> None:
     assert links["tid4000"]["sop_instance_uid"] == output_identity(UID, v1, "tid4000").sop_instance_uid
 
 
-def test_an_identical_result_keeps_its_link_and_never_points_at_itself() -> None:
+def test_an_identical_result_keeps_its_oru_link_and_its_srs_replace_the_delivered_ones() -> None:
+    """The ORU of an identical result is the same message (same control ID): no link to itself.
+    Its SRs are new documents (their creation time is in their UIDs, issue 18.10): they name the
+    delivered SRs of the earlier processing as predecessors."""
     v1, v2 = _result("1"), _result("2")
     v2["replaces"] = replaced_outputs(v1, v2, UID, _delivered(v1))
     again = {k: v for k, v in v2.items() if k != "replaces"}
-    assert replaced_outputs(v2, again, UID, _delivered(v1, v2)) == v2["replaces"]
-    assert replaced_outputs(v1, dict(v1), UID, _delivered(v1)) == {}
+    assert replaced_outputs(v2, again, UID, _delivered(v1, v2))["oru"] == v2["replaces"]["oru"]
+    links = replaced_outputs(v1, dict(v1), UID, _delivered(v1))
+    assert "oru" not in links
+    assert {k: links[k]["sop_instance_uid"] for k in ("tid1500", "tid4000")} == {
+        k: output_identity(UID, v1, k).sop_instance_uid for k in ("tid1500", "tid4000")}
+
+
+def test_planned_documents_are_what_a_later_result_links_to_with_the_next_numbers() -> None:
+    """Issue 18.10/18.11: the SRs planned for a result (node.outputs.prepare) are recorded in it;
+    a later result links to exactly those, one instance number on, in the same series number when
+    the models are the same and 10 further on in a new series."""
+    from node.outputs.amend import document_numbers
+
+    v1 = _result("1")
+    v1["documents"] = {"tid4000": {"study_uid": UID, "series_uid": "2.25.7", "sop_instance_uid": "2.25.8",
+                                   "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.50", "series_number": 9502,
+                                   "instance_number": 1}}
+    v2 = _result("1")
+    v2["replaces"] = replaced_outputs(v1, v2, UID, {("tid4000", "2.25.8")})
+    assert v2["replaces"]["tid4000"] == v1["documents"]["tid4000"]
+    assert document_numbers(v2, "tid4000", "2.25.7") == (9502, 2)
+    assert document_numbers(v2, "tid4000", "2.25.99") == (9512, 2)
+    assert document_numbers(v1, "tid4000", "2.25.7") == (9502, 1)
 
 
 def _amended_case(phantom_dir: Path):
+    """(source, before, after): ``before`` planned (as the pipeline does) and delivered at CREATED."""
     study = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
     source, result = phantom_case(study)
     before = dict(result, models={**result["models"], "versamammo": "versamammo-test@0.9.0"})
-    return source, before, dict(result, replaces=replaced_outputs(before, result, source.study_uid,
-                                                                 _delivered_for(source.study_uid, before)))
-
-
-def _delivered_for(uid: str, result: dict) -> set[tuple[str, str]]:
-    return {("tid1500", output_identity(uid, result, "tid1500").sop_instance_uid),
-            ("tid4000", output_identity(uid, result, "tid4000").sop_instance_uid),
-            ("oru", control_id(uid, result))}
+    before["documents"] = {k: planned_document(k, source, before, CREATED, DEVICE) for k in ("tid1500", "tid4000")}
+    delivered = {(k, d["sop_instance_uid"]) for k, d in before["documents"].items()}
+    delivered.add(("oru", control_id(source.study_uid, before)))
+    return source, before, dict(result, replaces=replaced_outputs(before, result, source.study_uid, delivered))
 
 
 @pytest.mark.parametrize("kind", ["tid1500", "tid4000"])
@@ -86,6 +112,8 @@ def test_sr_of_a_replacing_result_has_its_predecessor_and_stays_valid(phantom_di
     source, before, after = _amended_case(phantom_dir)
     build = build_tid1500_sr if kind == "tid1500" else build_mammography_cad_sr
     old, new = build(source, before, created_at=CREATED), build(source, after, created_at=CREATED + 60)
+    assert old.SOPInstanceUID == before["documents"][kind]["sop_instance_uid"]  # planned = built
+    assert (new.InstanceNumber, new.SeriesNumber) == (2, old.SeriesNumber + 10)  # a revision, other models
     [study] = new.PredecessorDocumentsSequence
     [series] = study.ReferencedSeriesSequence
     [sop] = series.ReferencedSOPSequence

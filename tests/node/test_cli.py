@@ -75,6 +75,25 @@ def test_status_of_a_stopped_node(tmp_path: Path) -> None:
     config.write_text(f'[node]\ndata_dir = "{tmp_path / "var"}"\n')
     status = json.loads(_cli("status", "--json", config=config, check=True).stdout)
     assert status["running"] is False and status["instances"] == 0
+    assert status["device_uid"] is None  # never started: no UID yet, and status does not make one
+
+
+def test_status_reports_the_installations_device_uid(tmp_path: Path) -> None:
+    """Issue 18.9: the Device Observer UID is made per installation (in the data directory) when
+    the node starts, and `mammo-node status` reports it."""
+    from node.config import load_settings
+    from node.outputs.prepare import OutputPreparer
+
+    data = tmp_path / "var"
+    data.mkdir()
+    config = tmp_path / "c.toml"
+    config.write_text(f'[node]\ndata_dir = "{data}"\n')
+    OutputPreparer(load_settings(config))  # what the node does at its start
+    uid = (data / "device-uid").read_text().strip()
+    assert uid.startswith("2.25.")
+    status = json.loads(_cli("status", "--json", config=config, check=True).stdout)
+    assert status["device_uid"] == uid
+    assert uid in _cli("status", config=config, check=True).stdout
 
 
 def test_help_for_every_command() -> None:
@@ -92,3 +111,23 @@ def test_phantom_command(tmp_path: Path) -> None:
     for d in dirs:
         assert {p.name for p in d.glob("*.dcm")} == {"R-CC.dcm", "R-MLO.dcm", "L-CC.dcm", "L-MLO.dcm"}
         assert (d / "labels.json").exists() and (d / "report.txt").exists()
+
+
+def test_table_output_prints_dataset_values_that_look_like_markup(start_node, phantom_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Issue 17: an AccessionNumber of "[/bold]" made `studies list` and `studies show` fail with
+    rich's MarkupError, for every study."""
+    from tests.node.scu_helpers import associate, load
+
+    node = start_node()
+    config = _config_for(node, tmp_path)
+    ds = load(sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0] / "R-CC.dcm")
+    ds.AccessionNumber = "[/bold]"
+    ds.PatientID = "[red]x"
+    assoc = associate(node.port)
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    listed = _cli("studies", "list", config=config, check=True).stdout
+    assert "[/bold]" in listed
+    shown = _cli("studies", "show", str(ds.StudyInstanceUID), config=config, check=True).stdout
+    assert "accession [/bold]" in shown and "patient [red]x" in shown

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ComprehensiveSRStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from node.config import DicomDestination
 from node.journal import Journal
@@ -93,6 +93,7 @@ def scripted_scp():
 
     ae = AE(ae_title="PACS")
     ae.add_supported_context(ComprehensiveSRStorage)
+    ae.add_supported_context(Comprehensive3DSRStorage)  # the TID 1500 SR (IHE AIR)
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     yield port, statuses, received

@@ -19,7 +19,7 @@ from tests.node.peers import RIS, Orthanc
 
 pytestmark = pytest.mark.slow
 
-TID1500 = "1.2.840.10008.5.1.4.1.1.88.33"
+TID1500 = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR (IHE AIR)
 TID4000 = "1.2.840.10008.5.1.4.1.1.88.50"
 
 

@@ -45,3 +45,11 @@ def test_different_content_duplicates_never_serve() -> None:
     assert result["positions"]["R-CC"]["instance_id"] == 1
     assert result["extras"][0]["instance_id"] == 2
     assert "duplicate" in result["extras"][0]["why"]
+
+
+def test_conflicting_view_attributes_are_an_extra_with_the_reason() -> None:
+    conflicted = _c(9, None, conflicts=("ViewPosition 'RMLO' disagrees with ImageLaterality L",))
+    result = select_views([_c(1, "L-CC"), conflicted])
+    assert result["positions"]["L-CC"]["instance_id"] == 1
+    assert result["extras"][0]["instance_id"] == 9
+    assert result["extras"][0]["why"].startswith("conflicting view attributes: ViewPosition 'RMLO'")

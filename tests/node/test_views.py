@@ -90,3 +90,26 @@ def test_for_processing_detection() -> None:
     ds.SOPClassUID = FOR_PROCESSING_SOP
     assert identify_view(ds).for_presentation is False
     assert identify_view(_image(PresentationIntentType="FOR PRESENTATION")).for_presentation is True
+
+
+def test_sides_that_disagree_are_a_conflict_and_fill_no_position() -> None:
+    # Issue 17: ImageLaterality L, view code CC, ViewPosition "RMLO" used to become L-CC silently.
+    info = identify_view(_image(ImageLaterality="L", ViewPosition="RMLO",
+                                ViewCodeSequence=Sequence([_code("399162004")])))
+    assert info.position is None
+    assert any("'RMLO' disagrees with ImageLaterality L" in c for c in info.conflicts)
+    assert set(info.conflicts) <= set(info.notes)
+    assert info.to_json()["conflicts"] == list(info.conflicts)
+    series = identify_view(_image(ImageLaterality="L", Laterality="R", ViewPosition="CC"))
+    assert series.position is None and "Laterality R disagrees with ImageLaterality L" in series.conflicts[0]
+    prefix_only = identify_view(_image(ImageLaterality="R", ViewPosition="LCC"))
+    assert prefix_only.position is None and prefix_only.conflicts
+    assert identify_view(_image(ImageLaterality="R", Laterality="R", ViewPosition="RCC")).position == "R-CC"
+
+
+def test_a_view_code_sequence_that_is_not_a_sequence_does_not_break_identification() -> None:
+    ds = _image(ImageLaterality="L", ViewPosition="MLO")
+    ds.add_new(0x00540220, "LO", "399162004")  # ViewCodeSequence sent as LO
+    info = identify_view(ds)
+    assert info.position == "L-MLO" and info.view_source == "ViewPosition"
+    assert any("not a sequence" in n for n in info.notes)
