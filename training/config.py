@@ -137,6 +137,10 @@ class DistillSection(_Section):
     # 1 = the official single rate; below 1 keeps what a started student learnt (lesion patches)
     # while fresh heads settle.
     backbone_lr_mult: float = Field(default=1.0, gt=0, le=1)
+    # Epochs at the start of stage 2 that train the lesion map alone (at full `lr`, no CE, KD or
+    # contrastive term): box supervision learns lesion features several times faster on its own
+    # than beside the image-level losses (docs/training.md). 0 = all terms from the first step.
+    lesion_map_warmup_epochs: int = Field(default=0, ge=0)
 
 
 class PatchesSection(_Section):

@@ -242,9 +242,11 @@ def test_a_late_rank_does_not_hang_on_the_teacher_feature_cache(tmp_path: Path) 
 
 
 def test_box_supervised_lesion_map_trains_and_the_heads_see_avg_and_max(tmp_path: Path, teacher_file: Path) -> None:
-    """model.student_lesion_map + distill.lesion_map_weight: the lesion-map term is logged, the saved
+    """model.student_lesion_map + distill.lesion_map_weight (+ a warm-up epoch of the map alone): the
+    lesion-map term is logged, the saved
     student carries the map and the avg_max heads, and a run asking for the map without it fails."""
-    cfg = _cfg(tmp_path / "a", teacher_file, **{"distill.epochs": 1, "distill.lesion_map_weight": 1.0,
+    cfg = _cfg(tmp_path / "a", teacher_file, **{"distill.epochs": 2, "distill.lesion_map_weight": 1.0,
+                                                "distill.lesion_map_warmup_epochs": 1,
                                                 "model.student_lesion_map": True,
                                                 "model.student_head_pool": "avg_max"})
     best = run_distill(cfg)
@@ -255,6 +257,9 @@ def test_box_supervised_lesion_map_trains_and_the_heads_see_avg_and_max(tmp_path
     assert out["lesion_map"].shape == (1, 8, 8)
     logged = [r for r in read_metrics(tmp_path / "a" / "run" / "distill" / "metrics.jsonl") if "loss" in r]
     assert logged and all(np.isfinite(r["lesion_map"]) and r["lesion_map"] > 0 for r in logged)
+    # the warm-up epoch trains the lesion map alone; then every term
+    assert {("ce" in r) for r in logged if r["epoch"] == 0} == {False}
+    assert {("ce" in r) for r in logged if r["epoch"] == 1} == {True}
     with pytest.raises(ValueError, match="student_lesion_map"):
         run_distill(_cfg(tmp_path / "b", teacher_file, **{"distill.lesion_map_weight": 1.0,
                                                           "model.student_lesion_map": False}))

@@ -234,6 +234,8 @@ def predict(student: VersaMammoStudent, dataset: MammoImageDataset, device: torc
         out["y_density"].append(item["density"].numpy())
         out["y_findings"].append(item["findings"].numpy())
         out["findings_mask"].append(item["findings_mask"].numpy())
+        if "lesion_map" in result:
+            out.setdefault("lesion_map_max", []).append(result["lesion_map"].amax(dim=(1, 2)).float().cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
@@ -251,6 +253,8 @@ def selection_score(pred: dict[str, np.ndarray]) -> dict[str, float]:
     lesion = np.isin(yb[b_keep], LESION_CLASSES).astype(int)
     if b_keep.any() and 0 < lesion.sum() < len(lesion):
         metrics["lesion_auc"] = binary_auc(lesion, pred["birads"][b_keep][:, list(LESION_CLASSES)].sum(1))
+        if "lesion_map_max" in pred:  # the lesion map's own answer: its strongest cell
+            metrics["lesion_map_auc"] = binary_auc(lesion, pred["lesion_map_max"][b_keep])
     return metrics
 
 
@@ -283,6 +287,8 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     if dcfg.lesion_map_weight > 0 and not model_cfg.student_lesion_map:
         raise ValueError("distill.lesion_map_weight > 0 needs a student with a lesion map "
                          "(model.student_lesion_map = true)")
+    if dcfg.lesion_map_warmup_epochs and not dcfg.lesion_map_weight > 0:
+        raise ValueError("distill.lesion_map_warmup_epochs needs distill.lesion_map_weight > 0 (box supervision)")
     lesion_grid = model_cfg.student_grid if dcfg.lesion_map_weight > 0 else None
     records = load_records(cfg.data)
     train_records, val_records = _split(records, "train"), _split(records, "val")
@@ -306,7 +312,9 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     student = load_student(cfg, model_cfg).to(device)
     module: nn.Module = DistillModule(student)
     if info.distributed:
-        module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        # the lesion-map warm-up leaves the heads without gradients
+        module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                                     find_unused_parameters=dcfg.lesion_map_warmup_epochs > 0)
     backbone = list(student.backbone.parameters())
     heads = [p for name, p in student.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.Adam([{"params": backbone, "lr": dcfg.lr * dcfg.backbone_lr_mult}, {"params": heads}],
@@ -354,7 +362,11 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
         for batch in loader:
             epoch = iteration // per_epoch
             teacher_feat = None if online else features[batch["index"]]
-            loss, parts = _step(module, teacher, batch, teacher_feat, dcfg, device, precision, weights)
+            warmup = epoch < dcfg.lesion_map_warmup_epochs
+            for group, mult in zip(optimizer.param_groups, (1.0 if warmup else dcfg.backbone_lr_mult, 1.0)):
+                group["lr"] = dcfg.lr * mult
+            loss, parts = _step(module, teacher, batch, teacher_feat, dcfg, device, precision, weights,
+                                lesion_map_only=warmup)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage-2 loss is {loss.item()} at iteration {iteration}")
             optimizer.zero_grad(set_to_none=True)
@@ -389,9 +401,16 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
 
 def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_feat: torch.Tensor | None,
           dcfg: Any, device: torch.device, precision: str,
-          weights: dict[str, torch.Tensor | None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """One stage-2 loss (see the module docstring) and its parts as plain floats."""
+          weights: dict[str, torch.Tensor | None] | None = None,
+          lesion_map_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """One stage-2 loss (see the module docstring) and its parts as plain floats; with
+    ``lesion_map_only`` (the lesion-map warm-up) only the lesion-map term."""
     views = batch["image"]
+    if lesion_map_only:
+        with _autocast(device, precision):
+            out, _ = module(views["high"].to(device), views["low"].to(device))
+        lesion = _lesion_term(out, batch, views, device)
+        return lesion, {"lesion_map": lesion.item(), "loss": lesion.item()}
     if teacher_feat is None:  # online teacher
         with torch.no_grad():
             teacher_feat = teacher(views["teacher"].to(device))["cls"].float()
@@ -408,14 +427,20 @@ def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_
     loss = dcfg.contrastive_weight * con + dcfg.kd_weight * kd + dcfg.ce_weight * ce + dcfg.findings_weight * bce
     parts = {"ce": ce.item(), "kd": kd.item(), "contrastive": con.item(), "findings_bce": bce.item()}
     if getattr(dcfg, "lesion_map_weight", 0.0) > 0:
-        target = batch["lesion_map"].to(device)
-        flipped = views["high_flipped"].to(device)
-        target = torch.where(flipped[:, None, None], target.flip(-1), target)  # follow the high view's mirror
-        lesion = lesion_map_loss(out["lesion_map"], target, batch["lesion_map_known"].to(device))
+        lesion = _lesion_term(out, batch, views, device)
         loss = loss + dcfg.lesion_map_weight * lesion
         parts["lesion_map"] = lesion.item()
     parts["loss"] = loss.item()
     return loss, parts
+
+
+def _lesion_term(out: dict[str, torch.Tensor], batch: dict[str, Any], views: dict[str, Any],
+                 device: torch.device) -> torch.Tensor:
+    """The lesion-map loss against the box targets, mirrored where the high view was."""
+    target = batch["lesion_map"].to(device)
+    flipped = views["high_flipped"].to(device)
+    target = torch.where(flipped[:, None, None], target.flip(-1), target)  # follow the high view's mirror
+    return lesion_map_loss(out["lesion_map"], target, batch["lesion_map_known"].to(device))
 
 
 def _end_of_epoch(student: VersaMammoStudent, val_set: MammoImageDataset, device: torch.device, out_dir: Path,
