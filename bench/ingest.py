@@ -11,10 +11,15 @@
    full-size study at once (target < 300 MB: nothing buffers a study).
 3. Assembly: for every study, how long after ``four views + settle`` it was marked COMPLETE
    (target <= 100 ms).
-4. Receive checks (issue 17): per full-size image, the time of the structure walk and the
-   pixel-module/codestream checks added before acknowledging, for Explicit VR, JPEG-LS and
-   Deflated images, as a share of the node's time per image in (1) (target < 10%).
-   ``--checks-only`` runs this part alone (on the node rate of ``--node-rate`` img/s).
+4. Receive checks (issue 17): per full-size image and transfer syntax (Explicit VR, Deflated,
+   JPEG lossless, JPEG-LS, JPEG 2000, RLE), side by side on the same files in the same run: the
+   header read the node did before issue 17, the inspection now (structure walk, pixel-module and
+   codestream header checks), and the inspection with the first frame decoded
+   (``dicom.decode_first_frame``). Each difference is given as a share of the node's time per
+   image (target < 10%): by default the node's time for *that syntax* (a fresh node receives the
+   syntax's images, decode off and on, alternating: ``--node-rounds``; Deflated: the Explicit VR
+   time, as storescu re-deflates while sending), with ``--node-rate`` the img/s of a run of (1)
+   instead. ``--checks-only`` runs this part alone.
 
 These machines are noisy: compare the ratio, not the absolute numbers.
 """
@@ -81,14 +86,16 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
 class Node:
     """A `mammo-node serve` subprocess on a fresh data directory."""
 
-    def __init__(self, workdir: Path, settle: float = SETTLE) -> None:
+    def __init__(self, workdir: Path, settle: float = SETTLE, decode: list[str] | None = None) -> None:
         self.port = _free_port()
         self.data_dir = workdir / "node-var"
         config = workdir / "node.toml"
+        decode_line = f"decode_first_frame = {json.dumps(decode)}\n" if decode is not None else ""
         config.write_text(
             f'[node]\ndata_dir = "{self.data_dir}"\nmin_free_mb = 100\nlog_level = "WARNING"\n'
-            f'[dicom]\nport = {self.port}\nbind = "127.0.0.1"\n'
-            f"[assembly]\nsettle_seconds = {settle}\nquiet_seconds = 600\ndeadline_seconds = 3600\n"
+            f'[dicom]\nport = {self.port}\nbind = "127.0.0.1"\n{decode_line}'
+            f"[assembly]\nsettle_seconds = {settle}\nclose_on_release = false\nquiet_seconds = 600\n"
+            "deadline_seconds = 3600\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_NODE_")}
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(config)],
@@ -117,9 +124,10 @@ class StoreSCP:
         self.proc.wait(timeout=30)
 
 
-def _storescu(port: int, files: list[Path]) -> float:
+def _storescu(port: int, files: list[Path], *options: str) -> float:
     start = time.perf_counter()
-    result = subprocess.run([_tool("storescu"), "-aec", "MAMMO_NODE", "127.0.0.1", str(port), *map(str, files)],
+    result = subprocess.run([_tool("storescu"), *options, "-aec", "MAMMO_NODE", "127.0.0.1", str(port),
+                             *map(str, files)],
                             capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
@@ -194,6 +202,16 @@ def memory_and_assembly(files: list[Path]) -> dict:
             "studies": len(studies), "complete_after_settle_ms": delays}
 
 
+# Transfer syntaxes of part 4: the phantom generator's names, plus "jpeg" (JPEG Lossless SV1, made
+# from the Explicit VR images with DCMTK's dcmcjpeg: pydicom has no JPEG lossless encoder).
+CHECK_SYNTAXES = ("explicit", "deflated", "jpeg", "jpeg-ls", "jpeg2000", "rle")
+DECODED = {"jpeg": "jpeg", "jpeg-ls": "jpeg-ls", "jpeg2000": "jpeg2000", "rle": "rle"}
+# storescu proposes only uncompressed transfer syntaxes unless told (it does not transcode).
+# Deflated is not timed end to end: storescu inflates and deflates again while sending, which would
+# be timed instead of the node; its share is taken of the node's Explicit VR time.
+STORESCU_PROPOSE = {"jpeg": "-xs", "jpeg-ls": "-xt", "jpeg2000": "-xv", "rle": "-xr"}
+
+
 def _syntax_files(syntax: str, images: int) -> list[Path]:
     """A full-size study in a transfer syntax, generated once and cached."""
     from training.data.phantom import PhantomOptions, write_phantom_studies
@@ -204,7 +222,14 @@ def _syntax_files(syntax: str, images: int) -> list[Path]:
     if not (cache / "done").exists():
         shutil.rmtree(cache, ignore_errors=True)
         print(f"generating a full-size {syntax} phantom study (cached in {cache}) ...", flush=True)
-        write_phantom_studies(cache, 1, seed=2027, options=PhantomOptions(size="full", transfer_syntax=syntax))
+        if syntax == "jpeg":
+            for source in _syntax_files("explicit", 4):
+                target = cache / source.parent.name / source.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                subprocess.run([_tool("dcmcjpeg"), "+e1", str(source), str(target)], check=True,
+                               capture_output=True)
+        else:
+            write_phantom_studies(cache, 1, seed=2027, options=PhantomOptions(size="full", transfer_syntax=syntax))
         (cache / "done").write_text("ok")
     return sorted(cache.glob("study-*/*.dcm"))[:images]
 
@@ -219,24 +244,54 @@ def _header_read_before_issue_17(path: Path) -> None:
             ds[tag]
 
 
-def receive_checks(syntaxes: list[str], images: int, node_rate: float, repeat: int = 5) -> dict:
-    """Milliseconds per image of the receive-time inspection now (structure walk, header read,
-    identifier, pixel-module and codestream checks) against the header read it replaced, and the
-    difference as a share of the node's time per image."""
+def node_ms_per_image(syntax: str, files: list[Path], rounds: int) -> dict:
+    """Milliseconds per image a fresh node takes to receive ``files`` (one storescu association),
+    with the first-frame decode off and on, alternating; medians over ``rounds`` of each."""
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    decode = DECODED.get(syntax)
+    for i in range(rounds):
+        order = ("off", "on") if i % 2 == 0 else ("on", "off")
+        for which in order:
+            if which == "on" and decode is None:
+                continue
+            with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
+                node = Node(Path(tmp), decode=[decode] if which == "on" else [])
+                try:
+                    options = [STORESCU_PROPOSE[syntax]] if syntax in STORESCU_PROPOSE else []
+                    times[which].append(_storescu(node.port, files, *options) * 1000 / len(files))
+                finally:
+                    node.stop()
+    return {k: statistics.median(v) for k, v in times.items() if v}
+
+
+def receive_checks(syntaxes: list[str], images: int, node_rate: float | None, repeat: int = 3,
+                   node_rounds: int = 2) -> dict:
+    """Per syntax, milliseconds per image, interleaved on the same files: the header read before
+    issue 17, the inspection now (no decode) and the inspection with the first frame decoded;
+    the differences as a share of the node's time per image (``node_rate`` img/s for every syntax,
+    or, when None, the node's own time for that syntax with the decode off)."""
     from pydicom import dcmread
     from pydicom.uid import UID
 
+    from pydicom.pixels import get_decoder
+
+    from node.dicom.decode import decoding_plugin
     from node.dicom.inspect import DEFAULT_MAX_INFLATED, inspect_instance
     from node.dicom.structure import check_structure
 
-    per_image_ms = 1000.0 / node_rate
-    out: dict = {"node_rate_img_s": node_rate, "node_ms_per_image": per_image_ms, "syntaxes": {}}
+    out: dict = {"node_rate_img_s": node_rate, "syntaxes": {}}
     for syntax in syntaxes:
         files = _syntax_files(syntax, images)
-        walk, before, now = [], [], []
+        decode = [DECODED[syntax]] if syntax in DECODED else []
+        walk, before, now, decoded = [], [], [], []
+        plugin = None
         for path in files:
             ds = dcmread(path, stop_before_pixels=True)
             ts = UID(ds.file_meta.TransferSyntaxUID)
+            plugin = decoding_plugin(str(ts)) if decode else None
+            if plugin == "":  # pydicom's order: the first available plugin decodes unless it fails
+                plugin = get_decoder(ts).available_plugins[0]
+            args = (path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), DEFAULT_MAX_INFLATED)
             for _ in range(repeat):
                 start = time.perf_counter()
                 check_structure(path, ts.is_implicit_VR, ts.is_deflated, DEFAULT_MAX_INFLATED)
@@ -245,17 +300,46 @@ def receive_checks(syntaxes: list[str], images: int, node_rate: float, repeat: i
                 _header_read_before_issue_17(path)
                 before.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                inspect_instance(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+                inspect_instance(*args)
                 now.append(time.perf_counter() - start)
-        row = {"images": len(files), "walk_ms": statistics.median(walk) * 1000,
-               "before_ms": statistics.median(before) * 1000, "now_ms": statistics.median(now) * 1000}
+                if decode:
+                    start = time.perf_counter()
+                    inspect_instance(*args, decode_families=decode)
+                    decoded.append(time.perf_counter() - start)
+        row: dict = {"images": len(files), "transfer_syntax": str(ts), "decoder": plugin,
+                     "walk_ms": statistics.median(walk) * 1000, "before_ms": statistics.median(before) * 1000,
+                     "now_ms": statistics.median(now) * 1000}
+        if decoded:
+            row["decode_ms"] = statistics.median(decoded) * 1000
+        if node_rate:
+            row["node_ms_per_image"] = 1000.0 / node_rate
+        elif syntax == "deflated":
+            explicit = out["syntaxes"].get("explicit", {}).get("node_ms_per_image")
+            if explicit is None:
+                explicit = node_ms_per_image("explicit", _syntax_files("explicit", images), node_rounds)["off"]
+            row["node_ms_per_image"] = explicit
+        else:
+            measured = node_ms_per_image(syntax, files, node_rounds)
+            row["node_ms_per_image"] = measured["off"]
+            if "on" in measured:
+                row["node_ms_per_image_decoding"] = measured["on"]
+                row["node_throughput_ratio_decoding"] = measured["off"] / measured["on"]
+        per_image = row["node_ms_per_image"]
         row["added_ms"] = row["now_ms"] - row["before_ms"]
-        row["added_share_of_node_time"] = row["added_ms"] / per_image_ms
+        row["added_share"] = row["added_ms"] / per_image
+        line = (f"checks {syntax}: before {row['before_ms']:.2f} ms, now {row['now_ms']:.2f} ms "
+                f"({row['added_ms']:+.2f} = {100 * row['added_share']:+.1f}%)")
+        if decoded:
+            row["decode_added_ms"] = row["decode_ms"] - row["now_ms"]
+            row["decode_share"] = (row["decode_ms"] - row["before_ms"]) / per_image
+            line += (f", with frame decode ({row['decoder']}) {row['decode_ms']:.1f} ms "
+                     f"({row['decode_added_ms']:+.1f}; all checks {100 * row['decode_share']:+.0f}%)")
+        line += f" of the node's {per_image:.0f} ms per image (target < 10%)"
+        if "node_throughput_ratio_decoding" in row:
+            line += (f"; node end to end {per_image:.0f} -> {row['node_ms_per_image_decoding']:.0f} ms per image "
+                     f"with the decode on (throughput x{row['node_throughput_ratio_decoding']:.2f})")
+        print(line, flush=True)
         out["syntaxes"][syntax] = row
-        print(f"checks {syntax}: inspection {row['now_ms']:.2f} ms per image (structure walk {row['walk_ms']:.2f}) "
-              f"vs {row['before_ms']:.2f} ms before; added {row['added_ms']:+.2f} ms = "
-              f"{100 * row['added_share_of_node_time']:+.1f}% of the node's {per_image_ms:.0f} ms per image "
-              f"(target < 10%)", flush=True)
     return out
 
 
@@ -264,16 +348,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "ingest.json")
-    parser.add_argument("--checks-syntaxes", default="explicit,jpeg-ls,deflated")
-    parser.add_argument("--checks-only", action="store_true", help="only part 4, against --node-rate")
-    parser.add_argument("--node-rate", type=float, default=None, help="node img/s for --checks-only")
+    parser.add_argument("--checks-syntaxes", default=",".join(CHECK_SYNTAXES))
+    parser.add_argument("--checks-only", action="store_true", help="only part 4")
+    parser.add_argument("--node-rate", type=float, default=None,
+                        help="part 4: node img/s to compare against (default: measure the node per syntax)")
+    parser.add_argument("--node-rounds", type=int, default=2, help="part 4: node runs per syntax and setting")
     args = parser.parse_args()
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     syntaxes = [s for s in args.checks_syntaxes.split(",") if s]
+    unknown = sorted(set(syntaxes) - set(CHECK_SYNTAXES))
+    if unknown:
+        sys.exit(f"--checks-syntaxes: unknown {unknown}; one of {list(CHECK_SYNTAXES)}")
     if args.checks_only:
-        if not args.node_rate:
-            sys.exit("--checks-only needs --node-rate (img/s from a full run)")
-        result = {"receive_checks": receive_checks(syntaxes, min(args.images, 4), args.node_rate)}
+        result = {"receive_checks": receive_checks(syntaxes, min(args.images, 4), args.node_rate,
+                                                   node_rounds=args.node_rounds)}
         args.json.write_text(json.dumps(result, indent=2))
         return
     files = phantom_files(args.images)
@@ -282,7 +370,7 @@ def main() -> None:
     result = {"images": len(files), "megabytes": size_mb, "cpu_count": os.cpu_count()}
     result["throughput"] = throughput(files, args.rounds)
     result["memory_assembly"] = memory_and_assembly(files)
-    result["receive_checks"] = receive_checks(syntaxes, 4, result["throughput"]["node_median"])
+    result["receive_checks"] = receive_checks(syntaxes, 4, args.node_rate, node_rounds=args.node_rounds)
     t, m = result["throughput"], result["memory_assembly"]
     print()
     print(f"throughput: node {t['node_median']:.1f} img/s, storescp {t['storescp_median']:.1f} img/s, "

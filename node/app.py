@@ -58,12 +58,16 @@ class NodeApp:
         self.pipeline = Pipeline(self.journal, self.engine, settings.data_dir, outputs=preparer,
                                  on_done=self._study_done,
                                  sources={"density": settings.results.density_source,
-                                          "birads": settings.results.birads_source})
+                                          "birads": settings.results.birads_source},
+                                 speculative_runs=settings.inference.speculative_runs)
         self.http: HttpApi | None = None
         if settings.http.enabled:
             self.http = HttpApi(settings.http.bind, settings.http.port, self.metrics.render, self.health,
                                 self.readiness)
         self.assembler.add_listener(self.pipeline.submit)
+        if settings.inference.speculative_runs > 0:
+            self.assembler.add_progress_listener(
+                lambda uid: self.pipeline.speculate(uid, self.assembler.selection(uid)))
         self._stopped = threading.Event()
         self.started_at: float | None = None
 

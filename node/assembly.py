@@ -8,6 +8,16 @@ INCOMPLETE when no image arrived for ``quiet_seconds`` or ``deadline_seconds`` h
 since the first one, and ``incomplete_policy`` (report | partial | skip) is recorded with it
 for the processing stage.
 
+The association is a stronger hint than silence: modalities and PACS send a study over one
+association and release it. When the one association that delivered every image of a study
+(the four views among them) is released (A-RELEASE; an abort says nothing), the study closes
+``release_grace_seconds`` after the release instead of ``settle_seconds`` after its last image.
+A study that received images over a second association (a PACS forwarding in chunks, a
+straggler, a resend after a restart) falls back to the settle rule. What this needs survives a
+restart: the study row records the association id (unique across restarts, "*" once a second
+one delivered) and the release time, so a study whose association was open when the node
+stopped settles, and one released just before closes at once.
+
 States: RECEIVING -> COMPLETE | INCOMPLETE (-> PROCESSING -> DONE | FAILED, later stages).
 Every transition is a conditional UPDATE in the journal, so it happens exactly once even if
 timers race a restart. Timers live on an apscheduler BackgroundScheduler and are rebuilt
@@ -37,6 +47,8 @@ COMPLETE = "COMPLETE"
 INCOMPLETE = "INCOMPLETE"
 
 StudyListener = Callable[[str, str], None]
+ProgressListener = Callable[[str], None]
+SEVERAL = "*"  # studies.sender_association once a second association (or an unknown one) delivered
 
 # A timer may fire a hair early relative to time.time(); treat that as due.
 _TOLERANCE = 0.002
@@ -50,6 +62,7 @@ class Assembler:
         self.config = config
         self.clock = clock
         self._listeners: list[StudyListener] = []
+        self._progress: list[ProgressListener] = []
         self._scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
             "misfire_grace_time": None, "coalesce": True, "max_instances": 1,
         })
@@ -75,23 +88,33 @@ class Assembler:
         """Call ``listener(study_uid, new_state)`` after each study closes."""
         self._listeners.append(listener)
 
+    def add_progress_listener(self, listener: ProgressListener) -> None:
+        """Call ``listener(study_uid)`` after an arrival leaves a still-receiving study with its four
+        views present (the pipeline's speculative runs)."""
+        self._progress.append(listener)
+
     # ----- arrivals (called inside the store's journal transaction) ---------------------------
 
-    def admit(self, db: sqlite3.Connection, instance: dict[str, Any], study_attrs: dict[str, Any]) -> int:
+    def admit(self, db: sqlite3.Connection, instance: dict[str, Any], study_attrs: dict[str, Any],
+              association: str | None = None) -> int:
         """Record one accepted instance and update its study; returns the instance's row id.
 
         Runs inside the caller's transaction so the instance row and the study row commit
-        together: the journal never holds an instance without its study.
+        together: the journal never holds an instance without its study. ``association`` names
+        the association that delivered it (None: unknown, which rules out closing on release).
         """
         now = instance["received_at"]
         study_uid = instance["study_uid"]
-        row = db.execute("SELECT state, four_views_at FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        sender = association or SEVERAL
+        row = db.execute("SELECT state, four_views_at, sender_association FROM studies WHERE study_uid = ?",
+                         (study_uid,)).fetchone()
         if row is None:
             db.execute(
                 "INSERT INTO studies(study_uid, state, patient_id, patient_name, accession_number, "
-                "first_received_at, last_received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "first_received_at, last_received_at, updated_at, sender_association) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (study_uid, RECEIVING, study_attrs.get("patient_id"), study_attrs.get("patient_name"),
-                 study_attrs.get("accession_number"), now, now, now),
+                 study_attrs.get("accession_number"), now, now, now, sender),
             )
             Journal.record_event(db, study_uid, None, RECEIVING, "first instance received", now)
             state = RECEIVING
@@ -104,8 +127,10 @@ class Assembler:
                 f"instance received after the study closed; kept, not used ({instance['view'].get('label')})", now,
             )
             return instance_id
-        db.execute("UPDATE studies SET last_received_at = ?, updated_at = ? WHERE study_uid = ?",
-                   (now, now, study_uid))
+        if row is not None and row["sender_association"] != sender:
+            sender = SEVERAL  # a second association (or the first one's id was never known)
+        db.execute("UPDATE studies SET last_received_at = ?, updated_at = ?, sender_association = ? "
+                   "WHERE study_uid = ?", (now, now, sender, study_uid))
         if row is None or row["four_views_at"] is None:
             filled = {
                 r[0] for r in db.execute(
@@ -122,6 +147,39 @@ class Assembler:
         study = self.journal.get_study(study_uid)
         if study is not None and study.state == RECEIVING:
             self._schedule(study)
+            if study.four_views_at is not None:
+                for listener in self._progress:
+                    try:
+                        listener(study_uid)
+                    except Exception:
+                        log.exception("progress listener failed for %s", study_ref(study_uid))
+
+    def released(self, association: str, study_uids: set[str] | list[str], at: float | None = None) -> list[str]:
+        """The association ``association`` was released (A-RELEASE) after delivering images of
+        ``study_uids``. Records the release on each study it alone delivered, that is still
+        receiving and has its four views, and re-arms its timer; returns those studies."""
+        if not association or association == SEVERAL:
+            return []
+        at = self.clock() if at is None else at
+        marked = []
+        for study_uid in study_uids:
+            with self.journal.transaction() as db:
+                cursor = db.execute("UPDATE studies SET released_at = ?, updated_at = ? WHERE study_uid = ? "
+                                    "AND state = ? AND sender_association = ? AND four_views_at IS NOT NULL",
+                                    (at, at, study_uid, RECEIVING, association))
+            if cursor.rowcount == 1:
+                marked.append(study_uid)
+                study = self.journal.get_study(study_uid)
+                if study is not None and study.state == RECEIVING:
+                    self._schedule(study)
+        return marked
+
+    def _release_due(self, study: StudyRecord) -> float | None:
+        """When the release rule closes this study, or None where it does not apply."""
+        if (not self.config.close_on_release or study.released_at is None or study.four_views_at is None
+                or study.sender_association in (None, SEVERAL)):
+            return None
+        return max(study.released_at, study.last_received_at) + self.config.release_grace_seconds
 
     # ----- timers ----------------------------------------------------------------------------
 
@@ -131,6 +189,9 @@ class Assembler:
         deadline = study.first_received_at + cfg.deadline_seconds
         if study.four_views_at is not None:
             settle = max(study.four_views_at, study.last_received_at) + cfg.settle_seconds
+            release = self._release_due(study)
+            if release is not None:
+                settle = min(settle, release)
             return min(settle, deadline)
         return min(study.last_received_at + cfg.quiet_seconds, deadline)
 
@@ -171,7 +232,12 @@ class Assembler:
         cfg = self.config
         deadline = study.first_received_at + cfg.deadline_seconds
         if study.four_views_at is not None:
-            if now + _TOLERANCE >= deadline and now < max(study.four_views_at, study.last_received_at) + cfg.settle_seconds:
+            settle = max(study.four_views_at, study.last_received_at) + cfg.settle_seconds
+            release = self._release_due(study)
+            if release is not None and now + _TOLERANCE >= release and now < settle:
+                return COMPLETE, (f"four views present; the association that sent the study was released "
+                                  f"{cfg.release_grace_seconds:g} s ago")
+            if now + _TOLERANCE >= deadline and now < settle:
                 return COMPLETE, f"four views present; deadline of {cfg.deadline_seconds:g} s reached"
             return COMPLETE, f"four views present and no new image for {cfg.settle_seconds:g} s"
         missing = ", ".join(self.selection(study.study_uid)["missing"])

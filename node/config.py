@@ -91,6 +91,10 @@ class DicomSection(_Section):
     # A deflated data set may inflate to at most this much (a deflate bomb is refused before it
     # is read); a few times the largest mammogram (about 40 MB).
     max_inflated_mb: int = Field(default=160, ge=1)
+    # Compressed transfer syntax families whose first frame is decoded before an image is
+    # acknowledged (node.dicom.decode); empty: only the codestream header and end marker are
+    # checked. A full-size decode costs several times the rest of the receive path (bench.ingest).
+    decode_first_frame: list[Literal["jpeg", "jpeg-ls", "jpeg2000", "rle"]] = Field(default_factory=list)
     tls: TLSSection = Field(default_factory=TLSSection)
 
     @field_validator("ae_title")
@@ -128,6 +132,11 @@ class AssemblySection(_Section):
     """When a study counts as complete (see node.assembly)."""
 
     settle_seconds: float = Field(default=2.0, ge=0)
+    # Close a study release_grace_seconds after the one association that delivered all of its images,
+    # the four views among them, is released (A-RELEASE, not an abort), instead of settle_seconds
+    # after its last image. A study sent over several associations, or over one still open, settles.
+    close_on_release: bool = True
+    release_grace_seconds: float = Field(default=0.2, ge=0)
     quiet_seconds: float = Field(default=120.0, gt=0)
     deadline_seconds: float = Field(default=3600.0, gt=0)
     incomplete_policy: Literal["report", "partial", "skip"] = "report"
@@ -151,6 +160,10 @@ class InferenceSection(_Section):
     precision: Literal["auto", "fp32", "fp16"] = "auto"  # auto: fp16 graphs on a GPU, fp32 on CPU
     num_beams: int | None = Field(default=None, ge=1, le=16)  # None: the package's setting
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
+    # Speculative runs: preprocess and run both models on a study whose four views are present while
+    # it still settles; the result is kept only if the study closes with the same selected images.
+    # At most this many at once (0: off); one starts only while no closed study waits or is processed.
+    speculative_runs: int = Field(default=1, ge=0, le=8)
 
 
 class ResultsSection(_Section):
@@ -195,6 +208,9 @@ class DicomDestination(_Section):
     reports: list[Literal["tid1500", "tid4000"]] = Field(default_factory=lambda: ["tid1500"], min_length=1)
     calling_ae_title: str | None = None  # None: the node's own dicom.ae_title
     timeout: float = Field(default=30.0, gt=0)  # association, DIMSE and network timeout
+    # Keep the association open this long after the last send, for the next study's SRs (0: release
+    # after each batch, as before).
+    keep_open_seconds: float = Field(default=10.0, ge=0, le=600)
     tls: DestinationTLS = Field(default_factory=DestinationTLS)
 
     @field_validator("ae_title", "calling_ae_title")

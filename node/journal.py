@@ -19,7 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Columns added after version 1, added in place to an older journal at start (ALTER TABLE ... ADD
+# COLUMN: the old rows read NULL, which means "not known", the safe value for each).
+_ADDED_COLUMNS = {
+    "studies": (
+        # Which association delivered the study's images while it was receiving: an id unique
+        # across restarts, or "*" once a second association delivered some (node.assembly).
+        ("sender_association", "TEXT"),
+        # When that single association was released (A-RELEASE, not an abort) with the study
+        # receiving: the study may close release_grace_seconds later instead of settling.
+        ("released_at", "REAL"),
+    ),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,7 +50,9 @@ CREATE TABLE IF NOT EXISTS studies (
     close_reason TEXT,
     incomplete_policy TEXT,
     selection TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    sender_association TEXT,
+    released_at REAL
 );
 CREATE INDEX IF NOT EXISTS studies_state ON studies(state);
 
@@ -151,6 +166,8 @@ class StudyRecord:
     incomplete_policy: str | None
     selection: dict[str, Any] | None
     updated_at: float
+    sender_association: str | None = None
+    released_at: float | None = None
     instance_count: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -181,9 +198,20 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
+
+    def _migrate(self) -> None:
+        """Bring a journal written by an older version up to this schema (columns only)."""
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INTEGER) < ?",
+                         (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
     def close(self) -> None:
         with self._lock:

@@ -187,6 +187,8 @@ class Outbox:
         self.settings = settings
         self.poll_seconds = poll_seconds or settings.outbox.poll_seconds
         self.on_attempt = on_attempt
+        self._closers: list[Callable[[], None]] = []
+        self.dicom_senders: dict[str, Any] = {}  # name -> node.outputs.dicom_send.DicomSender
         self._senders: dict[str, Sender] = self._build_senders()
         # Our own scheduler logger, quiet below ERROR: "skipped: maximum number of running
         # instances" just means a drain is still busy, which is how it is meant to work.
@@ -209,12 +211,14 @@ class Outbox:
         return senders
 
     def _dicom_sender(self, destination: Any) -> Sender:
-        from node.outputs.dicom_send import send_files
+        from node.outputs.dicom_send import DicomSender
 
-        calling = self.settings.dicom.ae_title
+        sender = DicomSender(destination, self.settings.dicom.ae_title)  # keeps the association open a while
+        self._closers.append(sender.close)
+        self.dicom_senders[destination.name] = sender
 
         def send(batch: list[tuple[OutboxRow, Path]]) -> list[Attempt]:
-            results = send_files(destination, calling, [path for _, path in batch])
+            results = sender.send([path for _, path in batch])
             return [Attempt(r.outcome, r.detail) for r in results]
         return send
 
@@ -255,6 +259,8 @@ class Outbox:
     def stop(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        for close in self._closers:
+            close()
 
     def wake(self, destination: str | None = None) -> None:
         """Run the drain of ``destination`` (or of all) now instead of at the next poll."""

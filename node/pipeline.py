@@ -24,6 +24,18 @@ records a result that says which views are missing (no model runs), ``partial`` 
 views present (MammoRG has a learned stand-in for a missing view). A study left PROCESSING by a
 crash is processed again at the next start (the result is deterministic and replaces nothing
 that was sent).
+
+Speculative runs (``inference.speculative_runs``, 0 = off): while a study with its four views
+settles, up to that many threads preprocess its selected images and run both models, keeping the
+model output in memory only. When the study closes COMPLETE, the worker uses that output if the
+selection it closed with is the one the run saw (same instance in each position) and the active
+model versions are the same; otherwise (a straggler or a retake changed the selection, a package
+was activated) it is discarded and the study is processed as usual. A run the worker finds still
+going for the study it takes is waited for and counts as that study's processing. Nothing of a
+speculative run reaches the journal or a destination before the close, and nothing survives a
+restart (the study is then processed from scratch). A speculative run starts only while no closed
+study waits in the queue or is being processed, and gives up at its next stage (after reading,
+after preprocessing, after VersaMammo) when one arrives, so closed studies never wait for one.
 """
 from __future__ import annotations
 
@@ -43,12 +55,38 @@ from node.journal import Journal
 from node.logref import study_ref
 from node.results import breast_probabilities, build_result, reporting_sources
 from node.outputs.amend import delivered_identities, replaced_outputs
-from node.outputs.prepare import OutputPreparer, selected_sources
+from node.outputs.prepare import OutputPreparer
 from node.views import POSITIONS
 
 log = logging.getLogger("mammo_node.pipeline")
 
 PROCESSING, DONE, FAILED = "PROCESSING", "DONE", "FAILED"
+
+
+class _Cancelled(Exception):
+    """A speculative run gave way (closed work arrived, or its selection changed)."""
+
+
+def selection_key(selection: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What a result depends on in a selection: the instance chosen for each position."""
+    positions = (selection or {}).get("positions", {})
+    return tuple(sorted((p, int(c["instance_id"]), str(c.get("sop_instance_uid"))) for p, c in positions.items()))
+
+
+class _Speculation:
+    """One speculative run of a study for one selection."""
+
+    def __init__(self, study_uid: str, selection: dict[str, Any]) -> None:
+        self.study_uid = study_uid
+        self.selection = selection
+        self.key = selection_key(selection)
+        self.stale = False      # the selection changed, or the study was taken without it
+        self.adopted = False    # the worker waits for it: it is that study's processing now
+        self.started = False
+        self.done = threading.Event()
+        self.result: dict[str, Any] | None = None
+        self.versions: dict[str, str] | None = None
+        self.seconds = 0.0
 
 
 class StudyFailed(Exception):
@@ -61,8 +99,15 @@ class Pipeline:
     def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0,
                  outputs: OutputPreparer | None = None,
                  on_done: Callable[[str, str, dict[str, Any] | None], None] | None = None,
-                 sources: dict[str, str] | None = None) -> None:
+                 sources: dict[str, str] | None = None, speculative_runs: int = 0) -> None:
         self.journal = journal
+        self.speculative_runs = speculative_runs
+        self._spec: dict[str, _Speculation] = {}
+        self._spec_cond = threading.Condition()
+        self._spec_threads: list[threading.Thread] = []
+        self._spec_stop = False
+        self._current: str | None = None  # the closed study the worker is processing
+        self.speculation_stats = {"started": 0, "kept": 0, "discarded": 0, "gave_way": 0}
         self.sources = dict(sources or {})
         self.outputs = outputs
         self.on_done = on_done
@@ -82,11 +127,24 @@ class Pipeline:
                    for s in self.journal.list_studies(state=state)]
         self._thread = threading.Thread(target=self._work, name="pipeline", daemon=True)
         self._thread.start()
+        self._spec_stop = False
+        for n in range(self.speculative_runs):
+            thread = threading.Thread(target=self._speculate_loop, name=f"speculative-{n}", daemon=True)
+            thread.start()
+            self._spec_threads.append(thread)
         for uid, state in sorted(pending, key=lambda item: item[1] != PROCESSING):
             self.submit(uid, state)
         return len(pending)
 
     def stop(self, timeout: float = 30.0) -> None:
+        with self._spec_cond:
+            self._spec_stop = True
+            for spec in self._spec.values():
+                spec.stale = True
+            self._spec_cond.notify_all()
+        for thread in self._spec_threads:
+            thread.join(timeout)
+        self._spec_threads = []
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
@@ -96,6 +154,104 @@ class Pipeline:
         """Assembler listener: a study closed in ``state``."""
         self.idle.clear()
         self._queue.put((study_uid, state))
+        with self._spec_cond:
+            self._spec_cond.notify_all()  # a speculative run of another study gives way
+
+    # ------------------------------------------------------------------ speculative runs
+    def speculate(self, study_uid: str, selection: dict[str, Any]) -> None:
+        """Assembler progress listener: ``study_uid`` still receives, with this selection. Queue a
+        speculative run for it unless one for the same selection exists (see the module docstring)."""
+        if self.speculative_runs <= 0 or selection.get("missing") or not selection.get("positions"):
+            return
+        if not self.models_ready():
+            return
+        with self._spec_cond:
+            current = self._spec.get(study_uid)
+            if current is not None and current.key == selection_key(selection) and not current.stale:
+                return
+            if current is not None:
+                current.stale = True  # a straggler changed the selection: that run is wasted
+            self._spec[study_uid] = _Speculation(study_uid, selection)
+            self._spec_cond.notify_all()
+
+    def _closed_work(self, study_uid: str | None = None) -> bool:
+        """Whether a closed study (other than ``study_uid``) waits in the queue or is processed."""
+        with self._queue.mutex:
+            queued = [item for item in self._queue.queue if item is not None]
+        if any(uid != study_uid for uid, _ in queued):
+            return True
+        return self._current is not None and self._current != study_uid
+
+    def _next_speculation(self) -> _Speculation | None:
+        for spec in self._spec.values():
+            if not spec.started and not spec.stale:
+                return spec
+        return None
+
+    def _speculate_loop(self) -> None:
+        while True:
+            with self._spec_cond:
+                while True:
+                    if self._spec_stop:
+                        return
+                    spec = self._next_speculation()
+                    if spec is not None and not self._closed_work():
+                        spec.started = True
+                        break
+                    self._spec_cond.wait(timeout=1.0)
+            if not self._still_receiving(spec):
+                continue
+            self.speculation_stats["started"] += 1
+            start = time.perf_counter()
+
+            def cancelled(spec: _Speculation = spec) -> bool:
+                return spec.stale or self._spec_stop or (not spec.adopted and self._closed_work(spec.study_uid))
+
+            try:
+                spec.result, spec.versions = self._run_models(spec.study_uid, spec.selection, [], cancelled)
+                spec.seconds = time.perf_counter() - start
+            except _Cancelled:
+                with self._spec_cond:
+                    if not spec.stale and not spec.adopted and not self._spec_stop:
+                        spec.started = False  # gave way to closed work: run again when the queue is idle
+                        self.speculation_stats["gave_way"] += 1
+                        continue
+            except Exception as exc:  # the worker will process the study and record what fails
+                log.info("speculative run of %s failed (%s: %s); the study is processed at its close",
+                         study_ref(spec.study_uid), type(exc).__name__, exc)
+            spec.done.set()
+
+    def _take_speculation(self, study_uid: str, selection: dict[str, Any]) -> _Speculation | None:
+        """The finished speculative run of this study for exactly this selection, else None (a run
+        still going for it is waited for; any other is discarded)."""
+        with self._spec_cond:
+            spec = self._spec.pop(study_uid, None)
+            if spec is None:
+                return None
+            if spec.key != selection_key(selection) or spec.stale:
+                spec.stale = True
+                self.speculation_stats["discarded"] += 1
+                return None
+            if not spec.started:
+                spec.stale = True  # not begun: the worker runs the models itself, no need to wait
+                return None
+            spec.adopted = True
+        spec.done.wait()
+        if spec.result is None:
+            return None
+        return spec
+
+    def _still_receiving(self, spec: _Speculation) -> bool:
+        """A run queued just as its study closed (and was taken) is dropped, not run."""
+        study = self.journal.get_study(spec.study_uid)
+        if study is not None and study.state == "RECEIVING":
+            return True
+        with self._spec_cond:
+            if self._spec.get(spec.study_uid) is spec:
+                del self._spec[spec.study_uid]
+        spec.stale = True
+        spec.done.set()
+        return False
 
     def _rescan(self) -> None:
         """Queue closed studies the worker has not taken: those that waited for models, and those an
@@ -121,12 +277,17 @@ class Pipeline:
                 continue
             if item is None:
                 return
+            self._current = item[0]
             try:
                 self.process(*item)
             except Exception:  # never let one study stop the worker
                 log.exception("unexpected error processing %s", study_ref(item[0]))
+            finally:
+                self._current = None
             if self._queue.empty():
                 self.idle.set()
+                with self._spec_cond:
+                    self._spec_cond.notify_all()  # speculative runs may start
 
     # ------------------------------------------------------------------ one study
     def process(self, study_uid: str, state: str) -> str | None:
@@ -148,12 +309,23 @@ class Pipeline:
         start = time.perf_counter()
         selection = study.selection or {"positions": {}, "missing": list(POSITIONS)}
         missing = list(selection.get("missing", []))
+        kept = ""
         try:
-            if missing and policy == "report":
+            spec = self._take_speculation(study_uid, selection) if not missing else None
+            if spec is not None and spec.versions != self._active_versions():
+                self.speculation_stats["discarded"] += 1
+                spec = None
+            if spec is not None:
+                result = spec.result
+                assert result is not None
+                start -= spec.seconds  # the processing time includes the speculative run
+                self.speculation_stats["kept"] += 1
+                kept = " (speculative run kept: same images, same models)"
+            elif missing and policy == "report":
                 result = {"status": "incomplete", "missing_views": missing, "breasts": {}, "disagreements": [],
                           "report": None, "models": {}, "preliminary": True}
             else:
-                result = self._run_models(study_uid, selection, missing)
+                result, _ = self._run_models(study_uid, selection, missing)
         except StudyFailed as exc:
             return self._fail(study_uid, str(exc))
         except Exception as exc:  # a model or file error fails the study, never the node
@@ -166,7 +338,7 @@ class Pipeline:
         except Exception as exc:  # unreadable headers, a bug: keep the study visible and retryable
             log.exception("study %s: planning its outputs failed", study_ref(study_uid))
             return self._fail(study_uid, f"planning the outputs failed ({type(exc).__name__}: {exc})")
-        self.journal.finish_study(study_uid, result, f"processed with {versions}"
+        self.journal.finish_study(study_uid, result, f"processed with {versions}{kept}"
                                   + (f"; {len(outputs)} outputs queued" if outputs else ""), outputs, now=finished_at)
         log.info("study %s DONE in %.2f s (%s)", study_ref(study_uid), result["seconds"], versions)
         if self.on_done is not None:
@@ -182,7 +354,7 @@ class Pipeline:
                                     delivered_identities(self.journal, study_uid))
         if replaces:
             result["replaces"] = replaces
-        source = selected_sources(self.journal, self.data_dir, study_uid)
+        source = self.outputs.sources.get(self.journal, self.data_dir, study_uid)  # reused when rendering
         if source is None:
             log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
             return []
@@ -195,8 +367,18 @@ class Pipeline:
             self.on_done(study_uid, FAILED, None)
         return FAILED
 
-    def _run_models(self, study_uid: str, selection: dict[str, Any], missing: list[str]) -> dict[str, Any]:
+    def _active_versions(self) -> dict[str, str]:
+        return dict(self.engine.registry.active())
+
+    def _run_models(self, study_uid: str, selection: dict[str, Any], missing: list[str],
+                    cancelled: Callable[[], bool] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+        """The result of the models on the selected images, and the model versions it used.
+        ``cancelled`` (speculative runs) is asked between stages; True raises _Cancelled."""
         from node.inference.engine import ModelUnavailable
+
+        def check() -> None:
+            if cancelled is not None and cancelled():
+                raise _Cancelled()
 
         try:
             models = self.engine.snapshot()
@@ -213,6 +395,7 @@ class Pipeline:
                 datasets[position] = pydicom.dcmread(paths[chosen["instance_id"]])
             except Exception as exc:
                 raise StudyFailed(f"{position}: the stored image cannot be read ({type(exc).__name__}: {exc})") from None
+        check()
         timings: dict[str, float] = {}
         mark = time.perf_counter()
         arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -229,11 +412,13 @@ class Pipeline:
                     raise StudyFailed(f"{position}: preprocessing failed ({type(exc).__name__}: {exc})") from None
         order = [p for p in POSITIONS if p in datasets]
         timings["preprocess"] = round(time.perf_counter() - mark, 4)
+        check()
         mark = time.perf_counter()
         out = vm.run(np.stack([arrays["versamammo"][p] for p in order]))
         per_view = {p: {"birads": out.birads[i], "density": out.density[i], "findings": out.findings[i]}
                     for i, p in enumerate(order)}
         timings["versamammo"] = round(time.perf_counter() - mark, 4)
+        check()
         mark = time.perf_counter()
         views = np.zeros((1, len(POSITIONS), *next(iter(arrays["mammorg"].values())).shape), dtype=np.float32)
         present = np.zeros((1, len(POSITIONS)), dtype=bool)
@@ -246,4 +431,4 @@ class Pipeline:
         result = build_result(report.text, parsed, breast_probabilities(per_view), vm.labels, models.versions,
                               missing, sources=reporting_sources(self.sources, rg.manifest.data.get("reporting")))
         result["timings"] = timings
-        return result
+        return result, dict(models.versions)

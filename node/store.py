@@ -97,6 +97,7 @@ class InstanceStore:
         self.fsync = settings.node.fsync
         self.min_free_bytes = settings.node.min_free_mb * 1024 * 1024
         self.max_inflated = settings.dicom.max_inflated_mb * 1024 * 1024
+        self.decode_families = frozenset(settings.dicom.decode_first_frame)
         self.view_conflicts = settings.assembly.view_conflicts
 
     def clear_incoming(self) -> int:
@@ -120,14 +121,19 @@ class InstanceStore:
         sop_instance_uid: str,
         calling_aet: str | None = None,
         peer_host: str | None = None,
+        association: str | None = None,
     ) -> StoreResult:
-        """Take ownership of the Part 10 file at ``incoming`` and return the status to answer."""
+        """Take ownership of the Part 10 file at ``incoming`` and return the status to answer.
+
+        ``association`` identifies the association that delivered it (node.assembly closes a study
+        early when that association, having sent the whole study, is released)."""
         if self.free_bytes() < self.min_free_bytes:
             incoming.unlink(missing_ok=True)
             log.warning("refused an instance from %s@%s: free space below node.min_free_mb", calling_aet, peer_host)
             return StoreResult(STATUS_OUT_OF_RESOURCES, "node is low on disk space; try again later")
         try:
-            inspected = inspect_instance(incoming, sop_class_uid, sop_instance_uid, self.max_inflated)
+            inspected = inspect_instance(incoming, sop_class_uid, sop_instance_uid, self.max_inflated,
+                                         self.decode_families)
         except InstanceProblem as problem:
             self.quarantine(incoming, problem.status, problem.reason, calling_aet, peer_host,
                             sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid)
@@ -140,7 +146,7 @@ class InstanceStore:
                             study_uid=inspected.study_uid)
             return StoreResult(STATUS_DATASET_MISMATCH, reason)
         try:
-            return self._place(incoming, inspected, view, calling_aet, peer_host)
+            return self._place(incoming, inspected, view, calling_aet, peer_host, association)
         except Exception as exc:  # disk or journal failure: refuse, keep the bytes for inspection
             log.exception("could not store an instance")
             self.quarantine(incoming, STATUS_PROCESSING_FAILURE, f"internal error while storing: {exc}",
@@ -149,7 +155,7 @@ class InstanceStore:
             return StoreResult(STATUS_PROCESSING_FAILURE, "internal error while storing; see node log")
 
     def _place(self, incoming: Path, inspected: InspectedInstance, view: ViewInfo, calling_aet: str | None,
-               peer_host: str | None) -> StoreResult:
+               peer_host: str | None, association: str | None = None) -> StoreResult:
         view_json = view.to_json() | {"label": view.label} | _ranking_facts(inspected)
         size = incoming.stat().st_size
         if self.fsync:
@@ -206,7 +212,7 @@ class InstanceStore:
                 "view": view_json,
                 "duplicate_of": duplicate_of,
             }
-            instance_id = self.assembler.admit(db, instance, study_attrs)
+            instance_id = self.assembler.admit(db, instance, study_attrs, association)
         if duplicate_of is not None:
             status = STATUS_WARNING_DUPLICATE
             comment = "duplicate SOP Instance UID with different content; kept beside the first"

@@ -9,11 +9,14 @@ data set), then read the header with pixel data deferred (a RawDataElement with 
 file offset, about 0.2 ms for a 17 MB mammogram) and check the content: identifiers, SOP
 class, the MG IOD's pixel module constraints, whether the pixel data can hold Rows x Columns x
 frames at BitsAllocated (native) or starts with a codestream header that describes the same
-image (encapsulated). The decisions themselves are in :mod:`node.dicom.checks`.
+image (encapsulated). The decisions themselves are in :mod:`node.dicom.checks`. Where the
+configuration asks for it (``dicom.decode_first_frame``), the first frame of compressed pixel data
+is then decoded (:mod:`node.dicom.decode`), which is the only check that reads every byte of it.
 """
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -34,6 +37,7 @@ from node.dicom.checks import (  # noqa: F401  (re-exported: the statuses are pa
     native_length_problem,
     pixel_module_problem,
 )
+from node.dicom.decode import first_frame_problem
 from node.dicom.structure import Layout, StructureProblem, check_structure
 
 # Attributes every image has at least one of; a "dataset" with none of them is noise.
@@ -133,10 +137,13 @@ def _check_pixels(ds: Dataset, layout: Layout, transfer_syntax: UID) -> None:
 
 
 def inspect_instance(path: Path, expected_sop_class: str, expected_sop_instance: str,
-                     max_inflated: int = DEFAULT_MAX_INFLATED) -> InspectedInstance:
+                     max_inflated: int = DEFAULT_MAX_INFLATED,
+                     decode_families: Collection[str] = ()) -> InspectedInstance:
     """Read and check the header of the Part 10 file at ``path``.
 
     ``expected_*`` come from the C-STORE request's command set; the dataset must agree.
+    ``decode_families`` names the compressed transfer syntax families ("jpeg", "jpeg-ls",
+    "jpeg2000", "rle") whose first frame is decoded as the last check.
     Raises :class:`InstanceProblem` with the status to answer and a reason for quarantine.
     """
     try:
@@ -198,6 +205,8 @@ def inspect_instance(path: Path, expected_sop_class: str, expected_sop_instance:
             vr = ds[keyword].VR
             raise InstanceProblem(STATUS_DATASET_MISMATCH, f"{keyword} is encoded as {vr}, not as a sequence")
     _check_pixels(ds, layout, transfer_syntax)
+    if decode_families and transfer_syntax.is_encapsulated:
+        _raise(first_frame_problem(path, str(transfer_syntax), decode_families, int(ds.Rows), int(ds.Columns)))
     return InspectedInstance(
         dataset=ds,
         sop_class_uid=sop_class,

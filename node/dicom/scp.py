@@ -22,6 +22,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,10 @@ class DicomListener:
                      event.assoc.requestor.address)
 
     def _on_accepted(self, event: evt.Event) -> None:
+        # An id for this association, unique across restarts (the journal keeps it per study), and
+        # the studies it delivered images of: at A-RELEASE the assembler may close them early.
+        event.assoc._mammo_id = uuid.uuid4().hex
+        event.assoc._mammo_studies = set()
         sock = getattr(event.assoc.dul.socket, "socket", None)
         if sock is not None:
             sock.settimeout(self.config.network_timeout)
@@ -353,6 +358,17 @@ class DicomListener:
         log.info("association accepted from %s@%s", requestor.ae_title, requestor.address)
         if self.observer is not None:
             self.observer.association(_ae_text(requestor.ae_title), requestor.address)
+
+    def _on_released(self, event: evt.Event) -> None:
+        """A-RELEASE: the sender says it is done. Studies this association alone delivered close
+        after assembly.release_grace_seconds (an abort, below, says nothing of the kind)."""
+        assoc = event.assoc
+        studies = getattr(assoc, "_mammo_studies", None)
+        if studies:
+            try:
+                self.store.assembler.released(assoc._mammo_id, set(studies))
+            except Exception:  # the settle rule still closes them
+                log.exception("recording the release of an association failed")
 
     def _on_aborted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -374,7 +390,12 @@ class DicomListener:
             str(request.AffectedSOPInstanceUID),
             calling_aet=_ae_text(requestor.ae_title),
             peer_host=requestor.address,
+            association=getattr(event.assoc, "_mammo_id", None),
         )
+        if result.instance_id is not None and result.study_uid is not None:
+            studies = getattr(event.assoc, "_mammo_studies", None)
+            if studies is not None:
+                studies.add(result.study_uid)
         if self.observer is not None:
             self.observer.stored(_ae_text(requestor.ae_title), requestor.address, size, result)
         status = Dataset()
@@ -390,6 +411,7 @@ class DicomListener:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),

@@ -6,7 +6,10 @@ with an error status that a resend of the same object cannot change: it is dead-
 """
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.config import DicomDestination
 from node.dicom.scu import client_tls_context
+
+log = logging.getLogger("mammo_node.outbox")
 
 # TID 1500 goes as Comprehensive 3D SR (IHE AIR); Comprehensive SR stays proposed for payloads
 # rendered before that change and still in the outbox.
@@ -50,13 +55,8 @@ def _tls_args(destination: DicomDestination) -> tuple[ssl.SSLContext, str | None
     return context, destination.host if context.check_hostname else None
 
 
-def send_files(destination: DicomDestination, calling_aet: str, files: list[Path]) -> list[Delivery]:
-    """C-STORE ``files`` (our SRs) to ``destination`` over one association, in order.
-
-    With ``destination.tls.enabled`` the association runs over TLS; a failed handshake (an
-    untrusted or misnamed server certificate, a PACS that does not speak TLS) sends nothing and
-    is retried, so fixing the certificates lets the outbox deliver.
-    """
+def _open(destination: DicomDestination, calling_aet: str) -> tuple[object | None, str]:
+    """(an established association, "") or (None, why it failed: a retry reason)."""
     ae = AE(ae_title=destination.calling_ae_title or calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout
     ae.connection_timeout = destination.timeout
@@ -65,11 +65,11 @@ def send_files(destination: DicomDestination, calling_aet: str, files: list[Path
     try:
         tls_args = _tls_args(destination)
     except (OSError, ssl.SSLError) as exc:
-        return [Delivery("retry", f"TLS configuration: {exc}")] * len(files)
+        return None, f"TLS configuration: {exc}"
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except (OSError, ssl.SSLError) as exc:
-        return [Delivery("retry", f"cannot connect: {exc}")] * len(files)
+        return None, f"cannot connect: {exc}"
     if not assoc.is_established:
         if assoc.is_rejected:
             reason = "rejected the association"
@@ -77,26 +77,127 @@ def send_files(destination: DicomDestination, calling_aet: str, files: list[Path
             reason = "no association over TLS (peer down, or the TLS handshake failed: check the certificates)"
         else:
             reason = "no association (peer down or unreachable)"
-        return [Delivery("retry", reason)] * len(files)
+        return None, reason
+    return assoc, ""
+
+
+def _send_one(assoc: object, path: Path) -> Delivery | None:
+    """C-STORE one file; None when the association broke before an answer (nothing decided)."""
+    if not assoc.is_established:  # type: ignore[attr-defined]
+        return None
+    ds = dcmread(path)
+    accepted = [c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID]  # type: ignore[attr-defined]
+    if not accepted:
+        return Delivery("reject", f"the peer does not accept SOP class {ds.SOPClassUID}")
+    status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+    if not status or "Status" not in status:
+        return None
+    code = int(status.Status)
+    comment = str(status.get("ErrorComment", "") or "")
+    return Delivery(_classify(code), f"C-STORE status 0x{code:04X}" + (f" ({comment})" if comment else ""))
+
+
+def send_files(destination: DicomDestination, calling_aet: str, files: list[Path]) -> list[Delivery]:
+    """C-STORE ``files`` (our SRs) to ``destination`` over one association, in order.
+
+    With ``destination.tls.enabled`` the association runs over TLS; a failed handshake (an
+    untrusted or misnamed server certificate, a PACS that does not speak TLS) sends nothing and
+    is retried, so fixing the certificates lets the outbox deliver.
+    """
+    assoc, why = _open(destination, calling_aet)
+    if assoc is None:
+        return [Delivery("retry", why)] * len(files)
     out: list[Delivery] = []
     try:
         for path in files:
-            if not assoc.is_established:
-                out.append(Delivery("retry", "association lost"))
-                continue
-            ds = dcmread(path)
-            accepted = [c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID]
-            if not accepted:
-                out.append(Delivery("reject", f"the peer does not accept SOP class {ds.SOPClassUID}"))
-                continue
-            status = assoc.send_c_store(ds)
-            if not status or "Status" not in status:
-                out.append(Delivery("retry", "no C-STORE response (timeout or association aborted)"))
-                continue
-            code = int(status.Status)
-            comment = str(status.get("ErrorComment", "") or "")
-            out.append(Delivery(_classify(code), f"C-STORE status 0x{code:04X}" + (f" ({comment})" if comment else "")))
+            delivery = _send_one(assoc, path)
+            if delivery is None:
+                delivery = Delivery("retry", "association lost" if not assoc.is_established  # type: ignore[attr-defined]
+                                    else "no C-STORE response (timeout or association aborted)")
+            out.append(delivery)
     finally:
-        if assoc.is_established:
-            assoc.release()
+        if assoc.is_established:  # type: ignore[attr-defined]
+            assoc.release()  # type: ignore[attr-defined]
     return out
+
+
+class DicomSender:
+    """Sends to one destination over an association kept open ``destination.keep_open_seconds`` after
+    the last send, so the next study's SRs skip the association set-up (and the PACS its tear-down).
+
+    Used from one delivery job at a time (the outbox runs one drain per destination); a timer
+    releases the association once idle. An association that broke while idle (the PACS closed it)
+    is replaced by a fresh one and the file sent again: a resend carries the same SOP Instance UID.
+    """
+
+    def __init__(self, destination: DicomDestination, calling_aet: str) -> None:
+        self.destination = destination
+        self.calling_aet = calling_aet
+        self._lock = threading.Lock()
+        self._assoc: object | None = None
+        self._last_used = 0.0
+        self._timer: threading.Timer | None = None
+        self.opened = 0  # associations opened (tests, metrics)
+
+    def send(self, files: list[Path]) -> list[Delivery]:
+        if self.destination.keep_open_seconds <= 0:
+            return send_files(self.destination, self.calling_aet, files)
+        with self._lock:
+            out: list[Delivery] = []
+            for path in files:
+                reused = self._assoc is not None
+                assoc, why = self._association()
+                if assoc is None:
+                    out.append(Delivery("retry", why))
+                    continue
+                delivery = _send_one(assoc, path)
+                if delivery is None and reused:  # broke while idle: once more on a new association
+                    self._drop()
+                    assoc, why = self._association()
+                    delivery = _send_one(assoc, path) if assoc is not None else Delivery("retry", why)
+                if delivery is None:
+                    self._drop()
+                    delivery = Delivery("retry", "no C-STORE response (timeout or association aborted)")
+                out.append(delivery)
+            self._last_used = time.monotonic()
+            self._arm()
+            return out
+
+    def _association(self) -> tuple[object | None, str]:
+        if self._assoc is not None and self._assoc.is_established:  # type: ignore[attr-defined]
+            return self._assoc, ""
+        self._drop()
+        assoc, why = _open(self.destination, self.calling_aet)
+        if assoc is not None:
+            self._assoc = assoc
+            self.opened += 1
+        return assoc, why
+
+    def _drop(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is None:
+            return
+        try:
+            if assoc.is_established:  # type: ignore[attr-defined]
+                assoc.release()  # type: ignore[attr-defined]
+        except Exception:  # a broken peer: nothing to release
+            log.debug("releasing an idle association failed", exc_info=True)
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self.destination.keep_open_seconds, self._idle_check)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _idle_check(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._last_used >= self.destination.keep_open_seconds - 0.01:
+                self._drop()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._drop()

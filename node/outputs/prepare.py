@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +102,48 @@ def planned_identity(kind: str, source: SourceStudy, result: dict[str, Any], cre
     raise ValueError(f"unknown output kind {kind!r}")
 
 
-def selected_sources(journal: Journal, data_dir: Path, study_uid: str) -> SourceStudy | None:
-    """The images the models saw (the study's selection), headers only; None when there are none."""
+def selected_paths(journal: Journal, data_dir: Path, study_uid: str) -> dict[str, Path]:
+    """``{position: file}`` of the images the models saw (the study's selection)."""
     study = journal.get_study(study_uid)
     if study is None or not study.selection:
-        return None
+        return {}
     paths = {i.id: data_dir / i.path for i in journal.study_instances(study_uid)}
-    chosen = {p: paths[c["instance_id"]] for p, c in study.selection.get("positions", {}).items()
-              if c.get("instance_id") in paths}
+    return {p: paths[c["instance_id"]] for p, c in study.selection.get("positions", {}).items()
+            if c.get("instance_id") in paths}
+
+
+def selected_sources(journal: Journal, data_dir: Path, study_uid: str) -> SourceStudy | None:
+    """The images the models saw (the study's selection), headers only; None when there are none."""
+    chosen = selected_paths(journal, data_dir, study_uid)
     return SourceStudy.from_files(chosen) if chosen else None
+
+
+class SourceCache:
+    """The parsed source headers of the last few studies, by (study, selected files): planning reads
+    them once and every output of the study is rendered from the same objects instead of reading
+    the four headers again per output. The stored files never change, so an entry is exactly what
+    :func:`selected_sources` would read; a missing entry is read from disk (a restart, a rebuild)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], SourceStudy] = OrderedDict()
+
+    def get(self, journal: Journal, data_dir: Path, study_uid: str) -> SourceStudy | None:
+        chosen = selected_paths(journal, data_dir, study_uid)
+        if not chosen:
+            return None
+        key = (study_uid, tuple(sorted((p, str(f)) for p, f in chosen.items())))
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        source = SourceStudy.from_files(chosen)
+        with self._lock:
+            self._entries[key] = source
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return source
 
 
 class OutputPreparer:
@@ -117,6 +152,7 @@ class OutputPreparer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dir = settings.data_dir / "outbox"
+        self.sources = SourceCache()
         if settings.data_dir.is_dir():  # the node's start: give the installation its device UID now,
             device_uid(settings)        # so `mammo-node status` shows it before the first SR
 
@@ -169,7 +205,7 @@ class OutputPreparer:
             return path
         result = journal.get_result(study_uid)
         created_at = journal.result_created_at(study_uid)
-        source = selected_sources(journal, self.settings.data_dir, study_uid)
+        source = self.sources.get(journal, self.settings.data_dir, study_uid)
         if result is None or created_at is None or source is None:
             raise OutputSuperseded("the study's result or its images are no longer in the journal")
         built_identity, payload = build_output(kind, source, result, created_at, self.settings)
@@ -181,4 +217,4 @@ class OutputPreparer:
 
 
 __all__ = ["HL7_DESTINATION", "NotApplicable", "OutputPreparer", "OutputSuperseded", "build_output",
-           "planned_document", "planned_identity", "selected_sources"]
+           "planned_document", "planned_identity", "selected_paths", "selected_sources", "SourceCache"]

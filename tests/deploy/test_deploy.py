@@ -4,6 +4,7 @@ RIS listener acknowledges a real ORU over MLLP."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -107,3 +108,77 @@ def _send(client, message):
         return client.send(message)
     except MLLPError:
         return None
+
+
+# ----- ONNX Runtime under the deployed environment and sandbox (issue 17, item 14) -----------------
+
+_ORT_PROBE = """
+import numpy as np
+import onnxruntime as ort  # first, without the node's own default: the deployed environment must suffice
+from onnx import TensorProto, helper
+
+graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+session.run(None, {"x": np.zeros(1, np.float32)})
+"""
+
+
+def _unit_environment(unit: str) -> dict[str, str]:
+    pairs = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("Environment=")]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _image_environment(dockerfile: str) -> dict[str, str]:
+    block = re.search(r"^ENV ((?:.*\\\n)*.*)$", dockerfile, re.M).group(1)
+    return dict(item.split("=", 1) for item in block.replace("\\\n", " ").split())
+
+
+def _deployed_environment(source: str) -> tuple[dict[str, str], str]:
+    """(the environment the node runs with, the home directory of the user it runs as)."""
+    if source == "systemd":
+        unit = (DEPLOY / "systemd" / "mammo-node.service").read_text()
+        home = re.search(r"useradd .*--home (\S+)", unit).group(1)
+        return _unit_environment(unit), home
+    text = (DEPLOY / "docker" / source).read_text()
+    home = re.search(r"useradd .*--home-dir (\S+)", text).group(1)
+    return _image_environment(text), home
+
+
+@pytest.mark.parametrize("source", ["systemd", "Dockerfile.cpu", "Dockerfile.cuda"])
+def test_deployed_environment_keeps_onnxruntime_out_of_home(source: str, tmp_path: Path) -> None:
+    """The service user's home is the (writable) data directory, so ONNX Runtime's telemetry store
+    would land there: the unit and the images switch it off themselves, whatever imports
+    onnxruntime first."""
+    env, home = _deployed_environment(source)
+    assert env.get("ORT_DISABLE_TELEMETRY") == "1"
+    assert home == env["MAMMO_NODE_NODE__DATA_DIR"] == "/var/lib/mammo-node"
+    run_env = {k: v for k, v in env.items() if k != "PATH" and not k.startswith("MAMMO_NODE_")}
+    run_env |= {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8"}
+    (tmp_path / "home").mkdir()
+    result = subprocess.run([sys.executable, "-c", _ORT_PROBE], env=run_env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / "home").rglob("*")) == []
+
+
+def test_systemd_sandbox_allows_what_onnxruntime_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything the node's ONNX Runtime writes is under the data directory (installed model
+    packages, TensorRT's engine cache), which is the unit's only writable path; GPUs need
+    /dev/nvidia* and executable memory for CUDA's JIT, so neither is taken away."""
+    unit = (DEPLOY / "systemd" / "mammo-node.service").read_text()
+    options = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    writable = [Path(p) for p in options["ReadWritePaths"].split()]
+    for key in [k for k in os.environ if k.startswith("MAMMO_NODE_")]:
+        monkeypatch.delenv(key)
+    for key, value in _unit_environment(unit).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(DEPLOY / "examples" / "gpu-tensorrt.toml")
+    for path in (settings.data_dir, settings.models_dir, settings.trt_cache_dir):
+        assert any(path.is_relative_to(w) for w in writable), path
+    assert options["ProtectSystem"] == "strict" and options["ProtectHome"] == "yes"
+    assert options.get("PrivateDevices", "no") == "no"
+    assert options.get("MemoryDenyWriteExecute", "no") == "no"

@@ -63,7 +63,8 @@ def _spot_copy(path: Path) -> Dataset:
 
 
 def test_stragglers_extend_the_settle_and_late_images_do_not_reopen(start_node, phantom_dir: Path) -> None:
-    node = start_node(assembly={"settle_seconds": 1.0, "quiet_seconds": 30})
+    # The settle rule alone (closing on release: test_release.py).
+    node = start_node(assembly={"settle_seconds": 1.0, "quiet_seconds": 30, "close_on_release": False})
     study_dir = _study(phantom_dir)
     uid = study_uid_of(study_dir)
     _send(node.port, *(study_dir / f"{v}.dcm" for v in ("R-CC", "R-MLO", "L-CC", "L-MLO")))

@@ -21,7 +21,9 @@ from typing import Iterator
 
 import psutil
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -36,8 +38,9 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from node.app import NodeApp
 from node.config import Settings
-from node.dicom import checks
+from node.dicom import checks, decode
 from node.dicom.checks import command_problem, pixel_module_problem
+from node.dicom.decode import first_frame_problem
 from tests.node.conftest import free_port, node_settings, wait_for
 from tests.node.scu_helpers import MG_PRESENTATION, associate, load
 from training.data.phantom import PhantomOptions, write_phantom_studies
@@ -46,6 +49,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 VERIFICATION = "1.2.840.10008.1.1"
 PIXEL_TAG = b"\xe0\x7f\x10\x00"
+DECODE_ALL = ["jpeg", "jpeg-ls", "jpeg2000", "rle"]
 
 
 # ----- fixtures ----------------------------------------------------------------------------------
@@ -59,13 +63,18 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeApp]:
-    """One node for the module; a deflated data set may inflate to 8 MiB."""
+    """One node for the module; a deflated data set may inflate to 8 MiB, and the first frame of
+    every compressed family is decoded before acknowledging (off by default: it is expensive).
+
+    (One node: each listener points pynetdicom's module-wide temp-file factory at its own spool,
+    so a second node started in this process would take the partial-transfer test's files.)"""
     data = tmp_path_factory.mktemp("hostile-node")
     with pytest.MonkeyPatch.context() as mp:
         for key in list(os.environ):
             if key.startswith("MAMMO_NODE_"):
                 mp.delenv(key)
-        app = NodeApp(Settings(**node_settings(data / "var", free_port(), dicom={"max_inflated_mb": 8})))
+        app = NodeApp(Settings(**node_settings(data / "var", free_port(),
+                                               dicom={"max_inflated_mb": 8, "decode_first_frame": DECODE_ALL})))
         app.start()
         yield app
         app.stop()
@@ -284,6 +293,87 @@ def test_random_bytes_in_jpeg_ls_fragments_are_refused(node: NodeApp, image: Pat
               + struct.pack("<HHI", 0xFFFE, 0xE000, len(fragment)) + fragment
               + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
     refuse(node, image, body(ds) + pixels, 0xA900, "compressed pixel data", syntax=JPEGLSLossless)
+
+
+# ----- 4. the first frame decoded before acknowledging (dicom.decode_first_frame) -----------------
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same small phantom view in each compressed transfer syntax the generator writes."""
+    out = tmp_path_factory.mktemp("hostile-compressed")
+    images = {}
+    for syntax in ("jpeg-ls", "jpeg2000", "rle"):
+        write_phantom_studies(out / syntax, 1, seed=17, options=PhantomOptions(size="small", transfer_syntax=syntax))
+        images[syntax] = next((out / syntax).glob("*/R-MLO.dcm"))
+    return images
+
+
+def _as_sent(path: Path, frame: bytes | None = None) -> tuple[Dataset, bytes]:
+    """(the data set, its explicit VR body) of a compressed phantom, with a new SOP Instance UID and,
+    when given, ``frame`` as its only fragment."""
+    ds = load(path)
+    ds.SOPInstanceUID = f"2.25.{random.getrandbits(100)}"
+    if frame is not None:
+        ds.PixelData = encapsulate([frame])
+    assert ds["PixelData"].is_undefined_length
+    return ds, body(ds)
+
+
+def _damaged_jpeg_ls(path: Path) -> bytes:
+    """The phantom's JPEG-LS frame with 64 random bytes in the middle of its scan: the header,
+    the length and the end marker are intact, so only a decoder can tell."""
+    frame = bytearray(next(generate_frames(load(path).PixelData, number_of_frames=1)))
+    middle = len(frame) // 2
+    frame[middle:middle + 64] = random.Random(17).randbytes(64)
+    return bytes(frame)
+
+
+def test_damaged_but_well_framed_jpeg_ls_passes_the_header_checks(compressed: dict[str, Path]) -> None:
+    """Why the decode exists: the cheap codestream checks see nothing wrong with it."""
+    ds = load(compressed["jpeg-ls"])
+    frame = _damaged_jpeg_ls(compressed["jpeg-ls"])
+    assert checks.codestream_problem(JPEGLSLossless, frame[:4096], frame[-4:], rows=int(ds.Rows),
+                                     columns=int(ds.Columns), samples=1, bits_allocated=int(ds.BitsAllocated),
+                                     bits_stored=int(ds.BitsStored)) is None
+
+
+def test_damaged_jpeg_ls_stream_is_refused_when_decoding(node: NodeApp, image: Path,
+                                                        compressed: dict[str, Path]) -> None:
+    ds, payload = _as_sent(compressed["jpeg-ls"], _damaged_jpeg_ls(compressed["jpeg-ls"]))
+    refuse(node, image, payload, 0xA900, "compressed pixel data: frame 1 does not decode",
+           sop_instance=str(ds.SOPInstanceUID), syntax=JPEGLSLossless)
+
+
+@pytest.mark.parametrize("syntax", ["jpeg-ls", "jpeg2000", "rle"])
+def test_valid_compressed_images_are_accepted_when_decoding(node: NodeApp, compressed: dict[str, Path],
+                                                            syntax: str) -> None:
+    ds, payload = _as_sent(compressed[syntax])
+    transfer_syntax = dcmread(compressed[syntax], stop_before_pixels=True).file_meta.TransferSyntaxUID
+    before = last_id(node)
+    status, comment, _ = send(node.listener.port, MG_PRESENTATION, str(ds.SOPInstanceUID), payload,
+                              syntax=transfer_syntax)
+    assert status == 0x0000, comment
+    assert len(node.journal.find_instances_by_sop(str(ds.SOPInstanceUID))) == 1
+    assert new_quarantine(node, before) == []
+
+
+def test_first_frame_decisions(tmp_path: Path, compressed: dict[str, Path]) -> None:
+    path = compressed["jpeg-ls"]
+    ds = dcmread(path)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    assert first_frame_problem(path, JPEGLSLossless, ["jpeg-ls"], rows, columns) is None
+    ds.PixelData = encapsulate([_damaged_jpeg_ls(path)])
+    damaged = tmp_path / "damaged.dcm"
+    ds.save_as(damaged, enforce_file_format=True)
+    status, reason = first_frame_problem(damaged, JPEGLSLossless, ["jpeg-ls"], rows, columns)
+    assert status == 0xA900 and reason.startswith("compressed pixel data: frame 1 does not decode (")
+    # Only the families named are decoded; native syntaxes never are.
+    assert first_frame_problem(damaged, JPEGLSLossless, ["jpeg2000", "rle"], rows, columns) is None
+    assert first_frame_problem(damaged, ExplicitVRLittleEndian, DECODE_ALL, rows, columns) is None
+    assert first_frame_problem(path, JPEGLSLossless, ["jpeg-ls"], rows + 1, columns)[0] == 0xA900
+    assert decode.family(JPEGLSLossless) == "jpeg-ls" and decode.family(ExplicitVRLittleEndian) is None
+    # CharLS, the decoder preprocessing prefers, is used alone: libjpeg decodes damaged JPEG-LS.
+    assert decode.decoding_plugin(JPEGLSLossless) == "pyjpegls"
 
 
 # ----- 7. deflate bomb -------------------------------------------------------------------------

@@ -21,7 +21,8 @@ def _first_study(phantom_dir: Path) -> Path:
 
 
 def test_four_views_from_storescu_complete_after_settle(start_node, phantom_dir: Path) -> None:
-    node = start_node(assembly={"settle_seconds": 0.5})
+    # The settle rule alone (closing on release has its own tests: test_release.py).
+    node = start_node(assembly={"settle_seconds": 0.5, "close_on_release": False})
     study_dir = _first_study(phantom_dir)
     result = run_storescu(node.port, study_files(study_dir))
     assert result.returncode == 0, result.stderr

@@ -105,6 +105,21 @@ def test_study_in_results_out_to_pacs_and_ris(lab, phantom_dir: Path) -> None:
     assert oru["breasts"]["R"]["birads"] == result["breasts"]["R"]["birads"]
     # A distinct AI result (its own service and filler order number), not the exam's order.
     assert oru["service"] == "AIMAMMO" and oru["filler_order"].startswith("AI") and oru["study_uid"] == uid
+    # Each payload (rendered from the headers parsed once at planning) is byte for byte what the
+    # journal rebuilds without them.
+    from node.outputs.prepare import OutputPreparer
+
+    data_dir = lab.node.settings.data_dir
+    for row in rows:
+        sent = (data_dir / row.payload).read_bytes()
+        (data_dir / row.payload).unlink()
+        rebuilt = OutputPreparer(lab.node.settings).render(lab.node.journal, uid, row.kind, row.identity)
+        assert rebuilt.read_bytes() == sent, row.kind
+    # The association to the PACS stays open for the next study's SRs.
+    second = lab.send_study(_studies(phantom_dir)[1])
+    lab.delivered(second)
+    assert lab.node.app.outbox.dicom_senders["pacs"].opened == 1
+    assert len(lab.pacs.instances_of_modality("SR")) == 4
 
 
 def test_ris_answers_ae_then_aa_and_refusal_is_dead_lettered_then_retried(lab, phantom_dir: Path) -> None:
