@@ -25,6 +25,7 @@ from the journal at start: a study that fell due while the node was down closes 
 """
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from node.config import AssemblySection
 from node.journal import Journal, StudyRecord
 from node.logref import study_ref
-from node.selection import candidate_from_view, select_views
+from node.selection import candidate_from_view, select_views, serves_a_position
 from node.views import POSITIONS
 
 log = logging.getLogger("mammo_node.assembly")
@@ -132,11 +133,13 @@ class Assembler:
         db.execute("UPDATE studies SET last_received_at = ?, updated_at = ?, sender_association = ? "
                    "WHERE study_uid = ?", (now, now, sender, study_uid))
         if row is None or row["four_views_at"] is None:
+            accept = self.config.accept_for_processing
             filled = {
                 r[0] for r in db.execute(
-                    "SELECT DISTINCT position FROM instances WHERE study_uid = ? AND duplicate_of IS NULL "
+                    "SELECT position, view FROM instances WHERE study_uid = ? AND duplicate_of IS NULL "
                     "AND position IS NOT NULL", (study_uid,),
                 )
+                if serves_a_position(bool(json.loads(r[1]).get("for_presentation", True)), accept)
             }
             if filled >= set(POSITIONS):
                 db.execute("UPDATE studies SET four_views_at = ? WHERE study_uid = ?", (now, study_uid))
@@ -254,4 +257,4 @@ class Assembler:
             for i in self.journal.study_instances(study_uid)
             if not i.after_close
         ]
-        return select_views(candidates)
+        return select_views(candidates, self.config.accept_for_processing)

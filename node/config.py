@@ -143,6 +143,9 @@ class AssemblySection(_Section):
     # An image whose laterality/view attributes contradict each other: kept as an extra that
     # serves no position ("extra"), or refused at receive with A900 and quarantined ("refuse").
     view_conflicts: Literal["extra", "refuse"] = "extra"
+    # For Processing images fill no screening position (the models are trained on For
+    # Presentation images): a position only they fill is missing, and the result says why.
+    accept_for_processing: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> "AssemblySection":

@@ -330,6 +330,8 @@ class Pipeline:
             return self._fail(study_uid, str(exc))
         except Exception as exc:  # a model or file error fails the study, never the node
             return self._fail(study_uid, f"{type(exc).__name__}: {exc}")
+        if selection.get("missing_why"):  # e.g. a position only a For Processing image filled
+            result["missing_why"] = dict(selection["missing_why"])
         result["seconds"] = round(time.perf_counter() - start, 3)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
         finished_at = time.time()

@@ -10,7 +10,10 @@ differently, and explained, so an administrator can see why. Preference, first r
 4. the highest InstanceNumber, then the greatest SOP Instance UID (a stable tie-break).
 
 Instances flagged as a different-content duplicate of an earlier SOP Instance UID do not
-take part: the first version received stays authoritative.
+take part: the first version received stays authoritative. For Processing images serve no
+position unless the site accepts them (``assembly.accept_for_processing``): the models are
+trained on For Presentation images, so a position that only a For Processing image fills is
+missing, and the result says why.
 """
 from __future__ import annotations
 
@@ -75,18 +78,33 @@ def _why(chosen: Candidate, others: list[Candidate]) -> str:
     return f"chosen among {len(others) + 1} candidates: " + "; ".join(unique)
 
 
-def select_views(candidates: Iterable[Candidate]) -> dict[str, Any]:
+FOR_PROCESSING_WHY = ("For Processing image: the models are trained on For Presentation images "
+                      "(assembly.accept_for_processing = false)")
+
+
+def serves_a_position(for_presentation: bool, accept_for_processing: bool) -> bool:
+    """May an image of this kind fill a screening position? (the one rule, also for completeness)"""
+    return for_presentation or accept_for_processing
+
+
+def select_views(candidates: Iterable[Candidate], accept_for_processing: bool = False) -> dict[str, Any]:
     """Return ``{"positions": {pos: {...}}, "missing": [...], "extras": [...]}``.
 
     ``positions`` maps each filled position to the chosen instance with the reason and the
-    instances it was preferred over; ``extras`` lists images that serve no position.
+    instances it was preferred over; ``extras`` lists images that serve no position, and
+    ``missing_why`` says, per missing position, why the images there did not count.
     """
     by_position: dict[str, list[Candidate]] = {p: [] for p in POSITIONS}
     extras: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
     for c in candidates:
         if c.duplicate:
             extras.append({"instance_id": c.instance_id, "sop_instance_uid": c.sop_instance_uid,
                            "label": c.label, "why": "different-content duplicate of an earlier instance"})
+        elif c.position in by_position and not serves_a_position(c.for_presentation, accept_for_processing):
+            extras.append({"instance_id": c.instance_id, "sop_instance_uid": c.sop_instance_uid,
+                           "label": c.label, "why": FOR_PROCESSING_WHY})
+            refused[c.position] = FOR_PROCESSING_WHY
         elif c.position in by_position:
             by_position[c.position].append(c)
         elif c.conflicts:
@@ -111,4 +129,8 @@ def select_views(candidates: Iterable[Candidate]) -> dict[str, Any]:
             extras.append({"instance_id": other.instance_id, "sop_instance_uid": other.sop_instance_uid,
                            "label": other.label, "why": f"another candidate was chosen for {position}"})
     missing = [p for p in POSITIONS if p not in positions]
-    return {"positions": positions, "missing": missing, "extras": extras}
+    out: dict[str, Any] = {"positions": positions, "missing": missing, "extras": extras}
+    missing_why = {p: refused[p] for p in missing if p in refused}
+    if missing_why:
+        out["missing_why"] = missing_why
+    return out

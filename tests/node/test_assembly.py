@@ -88,3 +88,32 @@ def test_stragglers_extend_the_settle_and_late_images_do_not_reopen(start_node, 
     assert len(late) == 1
     assert [e["to_state"] for e in after.events].count(COMPLETE) == 2  # the close, then the "late image" note
     assert "after the study closed" in after.events[-1]["reason"]
+
+
+def test_a_for_processing_view_does_not_complete_the_study_unless_accepted(start_node, phantom_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """Three For Presentation views and a For Processing L-MLO: the study waits for a presentation
+    L-MLO and closes INCOMPLETE saying why; with assembly.accept_for_processing it is COMPLETE."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    for_processing = "1.2.840.10008.5.1.4.1.1.1.2.1"
+    study_dir = _study(phantom_dir, 1)
+    uid = study_uid_of(study_dir)
+    for accept, state in ((False, INCOMPLETE), (True, COMPLETE)):
+        node = start_node(data_dir=tmp_path / f"var-{accept}",
+                          assembly={"settle_seconds": 0.2, "quiet_seconds": 1.0, "deadline_seconds": 30,
+                                    "accept_for_processing": accept})
+        _send(node.port, *(study_dir / f"{v}.dcm" for v in ("R-CC", "R-MLO", "L-CC")))
+        ds = load(study_dir / "L-MLO.dcm")
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = for_processing
+        ds.PresentationIntentType = "FOR PROCESSING"
+        assoc = associate(node.port, contexts=[(for_processing, ExplicitVRLittleEndian)])
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        study = wait_for(lambda: (s := node.study(uid)) and s.state != RECEIVING and s, timeout=5)
+        assert study.state == state, study.close_reason
+        if accept:
+            assert study.selection["missing"] == []
+        else:
+            assert study.selection["missing"] == ["L-MLO"]
+            assert "For Processing" in study.selection["missing_why"]["L-MLO"]

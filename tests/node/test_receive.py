@@ -277,5 +277,7 @@ def test_for_presentation_is_chosen_over_for_processing_on_the_wire(start_node, 
     study = wait_for(lambda: (s := node.study(uid)) and s.state == COMPLETE and s)
     chosen = study.selection["positions"]["R-CC"]
     assert chosen["sop_instance_uid"] == str(dcmread(pres_dir / "R-CC.dcm", stop_before_pixels=True).SOPInstanceUID)
-    assert "For Presentation preferred over For Processing" in chosen["why"]
-    assert chosen["over"] == [str(twin.SOPInstanceUID)]
+    # assembly.accept_for_processing is off: the twin serves no position, it is an extra saying why
+    assert chosen["over"] == []
+    twin_extra = [e for e in study.selection["extras"] if e["sop_instance_uid"] == str(twin.SOPInstanceUID)]
+    assert len(twin_extra) == 1 and "For Processing" in twin_extra[0]["why"]

@@ -24,7 +24,7 @@ def test_for_presentation_beats_for_processing_and_retake_wins() -> None:
         _c(6, "R-MLO"),
         _c(7, None),
     ]
-    result = select_views(candidates)
+    result = select_views(candidates, accept_for_processing=True)
     assert result["positions"]["R-CC"]["instance_id"] == 2
     assert "For Presentation" in result["positions"]["R-CC"]["why"]
     assert result["positions"]["L-CC"]["instance_id"] == 4
@@ -53,3 +53,16 @@ def test_conflicting_view_attributes_are_an_extra_with_the_reason() -> None:
     assert result["positions"]["L-CC"]["instance_id"] == 1
     assert result["extras"][0]["instance_id"] == 9
     assert result["extras"][0]["why"].startswith("conflicting view attributes: ViewPosition 'RMLO'")
+
+
+def test_a_position_only_a_for_processing_image_fills_is_missing_with_its_reason() -> None:
+    """Models are trained on For Presentation images: a For Processing image fills no position
+    unless the site accepts them (assembly.accept_for_processing)."""
+    candidates = [_c(1, "R-CC", for_presentation=False), _c(2, "R-MLO"), _c(3, "L-CC"), _c(4, "L-MLO")]
+    refused = select_views(candidates)
+    assert refused["missing"] == ["R-CC"] and "R-CC" not in refused["positions"]
+    assert "For Processing" in refused["missing_why"]["R-CC"]
+    assert [e["instance_id"] for e in refused["extras"]] == [1]
+    accepted = select_views(candidates, accept_for_processing=True)
+    assert accepted["missing"] == [] and accepted["positions"]["R-CC"]["instance_id"] == 1
+    assert "missing_why" not in accepted
