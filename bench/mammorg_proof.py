@@ -1,6 +1,6 @@
 """Proof that tiny MammoRG learns on phantoms, and that its knowledge modules help (issue 4, section 6).
 
-    python -m bench.mammorg_proof --student STUDENT [--studies 600] [--json OUT]
+    python -m bench.mammorg_proof --student STUDENT [--studies 600] [--graph-ablation] [--json OUT]
 
 ``STUDENT`` is a tiny VersaMammo student (e.g. bench/out/versamammo-proof/run/distill/student_best.pt
 from ``python -m bench.versamammo_proof``). Trains the three MammoRG stages with and without the
@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessed-image cache (default: under --out)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--graph-ablation", action="store_true",
+                        help="also train with the complete schema graph and with no edges (issue 20)")
     args = parser.parse_args()
 
     import torch
@@ -37,13 +39,13 @@ def main() -> None:
     budget = {"mammorg.lm_warmup_epochs": 4, "align.epochs": 2, "sft.epochs": 4} if args.studies >= 400 else {}
     if args.device != "cpu":
         budget.update({"run.device": args.device, "run.precision": "bf16"})
+    variants = ("with_knowledge", "without_knowledge") + (("complete_graph", "no_edges") if args.graph_ablation else ())
     result = run_mammorg_proof(args.out, args.cache or args.out / "cache", args.student, studies=args.studies,
-                               **budget)
+                               variants=variants, **budget)
     rows = list(KEYS) + ["density_f1_majority", "birads_f1_majority", "seconds"]
-    print(f"{'metric':24s} {'with knowledge':>16s} {'without':>10s}")
+    print(f"{'metric':24s} " + " ".join(f"{v:>18s}" for v in variants))
     for key in rows:
-        a, b = result["with_knowledge"][key], result["without_knowledge"][key]
-        print(f"{key:24s} {a:16.3f} {b:10.3f}")
+        print(f"{key:24s} " + " ".join(f"{result[v][key]:18.3f}" for v in variants))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
 

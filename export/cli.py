@@ -149,7 +149,7 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
     from export.package import finish_package
     from export.versamammo import ParityError
     from models.mammorg import load_mammorg, read_meta
-    from models.versamammo_config import student_preprocess_config
+    from models.mammorg_config import preprocess_config
 
     evaluation = _read_metrics_file(metrics_file)
     _prepare(out, force)
@@ -157,7 +157,7 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
     if model.vision is None:
         console.print(f"[red]{model_dir} holds no vision student; export needs the full model[/red]")
         raise typer.Exit(2)
-    views, present = phantom_views(student_preprocess_config(model.vision.cfg), 2)
+    views, present = phantom_views(preprocess_config(model.cfg, model.vision.cfg), 2)
     try:
         fields = export_mammorg(model, tokenizer, out, views, present)
     except ParityError as exc:

@@ -25,8 +25,7 @@ from torch import nn
 from export.onnx_io import export_graph, io_spec
 from export.versamammo import FP32_TOLERANCE, ParityError, compare
 from models.mammorg import MammoRG
-from models.mammorg_config import VIEWS
-from models.versamammo_config import student_preprocess_config
+from models.mammorg_config import VIEWS, preprocess_config
 
 
 class PrefixGraph(nn.Module):
@@ -160,7 +159,7 @@ def export_mammorg(model: MammoRG, tokenizer: Any, out: Path, golden_views: np.n
         "tokenizer": "tokenizer/tokenizer.json",
         "generation": {"eos_id": model.eos_id, "pad_id": model.pad_id, "max_new_tokens": model.cfg.max_new_tokens,
                        "num_beams": model.cfg.num_beams, "length_penalty": 1.0},
-        "preprocessing": student_preprocess_config(model.vision.cfg).to_dict(),
+        "preprocessing": preprocess_config(model.cfg, model.vision.cfg).to_dict(),
         "views": list(VIEWS),
         "golden": {"file": "golden/mammorg.npz"},
         "model": {"size": model.cfg.size, "knowledge": model.cfg.knowledge, "prefix_tokens": model.cfg.prefix_tokens,

@@ -2,7 +2,9 @@
 
 The exported graph takes the preprocessed image and returns everything the node uses at once:
 the pooled feature, softmax BI-RADS and density probabilities, sigmoid findings probabilities
-and the final feature grid. The fp16 variant runs the network in half precision inside the graph
+and the final feature grid; a student with a lesion map (``student_lesion_map``) adds the optional
+``lesion_map`` output (sigmoid probability per feature-grid cell, N x G x G), from which the node
+makes CAD marks. The fp16 variant runs the network in half precision inside the graph
 and keeps float32 inputs and outputs, so the node feeds both the same arrays.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from export.onnx_io import export_graph, io_spec
 from models.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
 from models.versamammo import VersaMammoStudent
 from models.versamammo_config import student_preprocess_config
-from node.inference.versamammo import OUTPUTS
+from node.inference.versamammo import LESION_MAP, OUTPUTS
 from node.packages.golden import tolerance_violation
 
 # Parity tolerances (ONNX Runtime vs torch fp32), recorded in the manifest and used by `models verify`.
@@ -29,14 +31,22 @@ FP32_TOLERANCE = {"rtol": 1e-3, "atol": 1e-3}
 # trained tiny student reaches 9 and is off by up to 0.13 in ONNX Runtime 1.31's CPU fp16 kernels,
 # 0.085 in torch fp16).
 FP16_TOLERANCE = {"rtol": 5e-2, "atol": 3e-2, "atol_scale": "absmax"}
+# Lesion-map probability at or above which a cell peak becomes a CAD mark, recorded in the manifest
+# (``localization.mark_threshold``); bench.froc measures what a threshold gives (docs/results.md).
+DEFAULT_MARK_THRESHOLD = 0.5
 
 
 class ParityError(Exception):
     """An exported graph does not reproduce the torch model within its tolerance."""
 
 
+def output_names(student: VersaMammoStudent) -> tuple[str, ...]:
+    """The graph's outputs: the five every package has, and ``lesion_map`` when the student has one."""
+    return OUTPUTS + ((LESION_MAP,) if student.lesion_head is not None else ())
+
+
 class VersaMammoGraph(nn.Module):
-    """The student as one graph: image -> (feature, birads, density, findings, feature_grid)."""
+    """The student as one graph: image -> (feature, birads, density, findings, feature_grid[, lesion_map])."""
 
     def __init__(self, student: VersaMammoStudent, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -50,14 +60,17 @@ class VersaMammoGraph(nn.Module):
         birads = self.student.birads_head(pooled).float().softmax(-1)
         density = self.student.density_head(pooled).float().softmax(-1)
         findings = self.student.findings_head(pooled).float().sigmoid()
-        return feature, birads, density, findings, grid.float()
+        if self.student.lesion_head is None:
+            return feature, birads, density, findings, grid.float()
+        lesion_map = self.student.lesion_map(grid).float().sigmoid()
+        return feature, birads, density, findings, grid.float(), lesion_map
 
 
 def reference_outputs(student: VersaMammoStudent, images: np.ndarray) -> dict[str, np.ndarray]:
     """Torch fp32 outputs for ``images`` (what every graph is compared against)."""
     with torch.no_grad():
         out = VersaMammoGraph(copy.deepcopy(student).float())(torch.from_numpy(images))
-    return {name: t.numpy() for name, t in zip(OUTPUTS, out)}
+    return {name: t.numpy() for name, t in zip(output_names(student), out)}
 
 
 def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol: float, atol: float,
@@ -74,11 +87,13 @@ def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], rtol
 
 
 def export_versamammo(student: VersaMammoStudent, out: Path, golden_images: np.ndarray,
-                      precisions: tuple[str, ...] = ("fp32", "fp16")) -> dict[str, Any]:
+                      precisions: tuple[str, ...] = ("fp32", "fp16"),
+                      mark_threshold: float = DEFAULT_MARK_THRESHOLD) -> dict[str, Any]:
     """Write the graphs and ``golden/versamammo.npz`` under ``out``; return the manifest fields.
 
     ``golden_images`` (N, 3, S, S) float32, preferably real preprocessed views: they are the
-    golden inputs, and the parity check at export runs on them (raises ParityError).
+    golden inputs, and the parity check at export runs on them (raises ParityError). A student
+    with a lesion map also gets ``localization`` in the manifest (its grid and ``mark_threshold``).
     """
     import onnxruntime as ort
 
@@ -89,7 +104,8 @@ def export_versamammo(student: VersaMammoStudent, out: Path, golden_images: np.n
     if golden_images.shape[1:] != (3, size, size):
         raise ValueError(f"golden images must be (N, 3, {size}, {size}), got {golden_images.shape}")
     expected = reference_outputs(student, golden_images)
-    dyn = {name: {0: "batch"} for name in ("image", *OUTPUTS)}
+    names = output_names(student)
+    dyn = {name: {0: "batch"} for name in ("image", *names)}
     graphs: dict[str, Any] = {}
     example = torch.from_numpy(golden_images[:2])
     for precision in precisions:
@@ -97,9 +113,9 @@ def export_versamammo(student: VersaMammoStudent, out: Path, golden_images: np.n
                             "fp16": ("model_fp16", torch.float16, FP16_TOLERANCE)}[precision]
         name = "versamammo.onnx" if precision == "fp32" else "versamammo_fp16.onnx"
         path = export_graph(VersaMammoGraph(copy.deepcopy(student), dtype), (example,), out / name,
-                            ["image"], list(OUTPUTS), dyn)
+                            ["image"], list(names), dyn)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        actual = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"image": golden_images})))
+        actual = dict(zip(names, session.run(list(names), {"image": golden_images})))
         problems = compare(expected, actual, **tol)
         if problems:
             raise ParityError(f"{name} differs from torch: " + "; ".join(problems))
@@ -107,7 +123,7 @@ def export_versamammo(student: VersaMammoStudent, out: Path, golden_images: np.n
     golden = out / "golden" / "versamammo.npz"
     golden.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(golden, image=golden_images, **{f"expected.{k}": v for k, v in expected.items()})
-    return {
+    fields: dict[str, Any] = {
         "kind": "versamammo",
         "graphs": graphs,
         "golden": {"file": "golden/versamammo.npz"},
@@ -117,3 +133,7 @@ def export_versamammo(student: VersaMammoStudent, out: Path, golden_images: np.n
         "model": {"architecture": cfg.student_backbone, "size": cfg.size, "input": size,
                   "feature_dim": cfg.student_dim, "grid": cfg.student_grid},
     }
+    if LESION_MAP in names:
+        fields["localization"] = {"output": LESION_MAP, "grid": cfg.student_grid, "activation": "sigmoid",
+                                  "mark_threshold": float(mark_threshold)}
+    return fields

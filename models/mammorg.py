@@ -187,19 +187,29 @@ def split_prompt(prompt: str) -> tuple[str, str]:
     return before, after
 
 
-def build_lm(cfg: MammoRGConfig, vocab_size: int) -> nn.Module:
-    """The causal LM: from ``cfg.lm_path`` (a local directory, never downloaded) or built from ``cfg.lm``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+def build_lm(cfg: MammoRGConfig, vocab_size: int, weights: bool = True) -> nn.Module:
+    """The causal LM: from ``cfg.lm_path`` (a local directory, never downloaded) or built from ``cfg.lm``.
 
+    ``cfg.lm_dtype`` ("bfloat16" at full size) is the dtype the weights are loaded in.
+    ``weights=False`` builds the ``lm_path`` architecture from its ``config.json`` alone (random
+    init; under ``torch.device("meta")`` no memory at all: the full-size test does this).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    dtype = getattr(torch, cfg.lm_dtype) if cfg.lm_dtype else None
     if cfg.lm_path is not None:
         path = Path(cfg.lm_path)
         if not path.is_dir():
             raise FileNotFoundError(f"language model directory {path} does not exist (weights are never downloaded)")
-        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        if weights:
+            lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        else:
+            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype)
     else:
         lm = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **cfg.lm))
     if lm.get_input_embeddings().num_embeddings != vocab_size:
-        lm.resize_token_embeddings(vocab_size)
+        # new rows are set by training.mammorg.terms.init_term_rows (official: mean + 0.01 N(0, 1))
+        lm.resize_token_embeddings(vocab_size, mean_resizing=False)
     return lm
 
 
@@ -211,11 +221,13 @@ def prompt_ids(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:
             tokenizer(after, add_special_tokens=False)["input_ids"])
 
 
-def build_mammorg(cfg: MammoRGConfig, tokenizer: Any, vision: VersaMammoStudent | None) -> MammoRG:
-    """A new model for ``tokenizer`` (its vocabulary sizes the LM); buffers still empty."""
+def build_mammorg(cfg: MammoRGConfig, tokenizer: Any, vision: VersaMammoStudent | None,
+                  lm_weights: bool = True) -> MammoRG:
+    """A new model for ``tokenizer`` (its vocabulary sizes the LM); buffers still empty.
+    ``lm_weights=False``: the LM from its config alone (``build_lm``)."""
     from dataclasses import replace
 
-    lm = build_lm(cfg, len(tokenizer))
+    lm = build_lm(cfg, len(tokenizer), weights=lm_weights)
     hidden = int(lm.get_input_embeddings().embedding_dim)
     cfg = replace(cfg, vocab_size=len(tokenizer), embed_dim=hidden, graph_nodes=len(graph_terms()))
     if vision is not None and (vision.cfg.student_dim != cfg.vision_dim):
@@ -288,7 +300,8 @@ def load_mammorg(directory: str | PathLike[str]) -> tuple[MammoRG, Any]:
     # The LM is rebuilt from its saved config (a model fine-tuned from lm_path is saved whole, so
     # the original directory is not needed any more), then every weight comes from model.pt.
     lm_config = dict(meta["lm_config"])
-    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(lm_config.pop("model_type"), **lm_config))
+    dtype = getattr(torch, cfg.lm_dtype) if cfg.lm_dtype else None   # bf16 at full size stays bf16
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(lm_config.pop("model_type"), **lm_config), dtype=dtype)
     model = MammoRG(cfg, lm, vision, prompt_ids(tokenizer, cfg.prompt), meta["eos_id"], meta["pad_id"])
     state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)

@@ -7,9 +7,13 @@ per view, a Vicuna-7B-class Llama loaded from a local directory, 1029 soft token
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from models.versamammo_config import VersaMammoConfig, student_preprocess_config
 from models.versamammo_config import config_for as versamammo_config
+
+if TYPE_CHECKING:
+    from models.preprocess import PreprocessConfig
 
 IMAGE_PLACEHOLDER = "<image>"
 VIEWS: tuple[str, ...] = ("R-CC", "R-MLO", "L-CC", "L-MLO")  # the LLM prefix order
@@ -43,9 +47,14 @@ class MammoRGConfig:
     knowledge: bool = True               # graph token per view + report token
     lm: dict[str, Any] = field(default_factory=dict)
     lm_path: str | None = None
+    lm_dtype: str | None = None          # dtype lm_path's weights load in ("bfloat16" at full size); None = as saved
     prompt: str = VICUNA_PROMPT
     max_new_tokens: int = 512
     num_beams: int = 1
+    # The images the frozen encoder sees (a PreprocessConfig dict). None: the student's own
+    # (squash, its normalisation). An imported official MammoRG sets the official geometry
+    # (shortest side, centre crop, 0.5/0.5): export writes it into the package manifest.
+    preprocessing: dict[str, Any] | None = None
     # Filled in while building: sizes of the buffers that travel with the weights.
     vocab_size: int = 0
     base_vocab_size: int = 0             # rows before the atomic lexicon terms were added
@@ -60,6 +69,8 @@ class MammoRGConfig:
             raise ValueError("set lm (a LlamaConfig for a model built from config) or lm_path (a local directory)")
         if self.vision_dim % self.cross_heads:
             raise ValueError(f"vision_dim {self.vision_dim} is not divisible by cross_heads {self.cross_heads}")
+        if self.lm_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"lm_dtype must be float32, bfloat16 or float16, not {self.lm_dtype!r}")
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
 
@@ -87,7 +98,7 @@ def config_for(size: str, **overrides: Any) -> MammoRGConfig:
     """The ``full`` or ``tiny`` preset, with keyword overrides (``lm_path=...`` for full)."""
     if size == "full":
         base = _preset("full", "full", cross_heads=32, lm_path=overrides.pop("lm_path", None) or "lm",
-                       prompt=VICUNA_PROMPT, max_new_tokens=1024)
+                       lm_dtype="bfloat16", prompt=VICUNA_PROMPT, max_new_tokens=1024)
     elif size == "tiny":
         base = _preset("tiny", "tiny", graph_layers=2, cross_heads=8, prompt=TINY_PROMPT, max_new_tokens=160,
                        lm={"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2,
@@ -96,6 +107,20 @@ def config_for(size: str, **overrides: Any) -> MammoRGConfig:
     else:
         raise ValueError(f"unknown MammoRG size {size!r}; expected 'full' or 'tiny'")
     return replace(base, **overrides) if overrides else base
+
+
+def preprocess_config(cfg: MammoRGConfig, vision: VersaMammoConfig) -> "PreprocessConfig":
+    """What MammoRG's encoder sees: ``cfg.preprocessing`` when set, else the student's serving
+    preprocessing. Training (token cache), export (manifest, golden vectors) and so the node all
+    take it from here, so an imported official model sees what it was trained on."""
+    from models.preprocess import PreprocessConfig
+
+    if cfg.preprocessing is None:
+        return student_preprocess_config(vision)
+    pre = PreprocessConfig.from_dict(cfg.preprocessing)
+    if pre.size != (vision.student_input, vision.student_input):
+        raise ValueError(f"preprocessing size {pre.size} does not match the student's input {vision.student_input}")
+    return pre
 
 
 def config_from_dict(data: dict[str, Any]) -> MammoRGConfig:

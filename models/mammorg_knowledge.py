@@ -1,9 +1,10 @@
 """MammoRG's knowledge modules: the lexicon graph, its relational GCN, the per-view graph token
 and the report-retrieval token.
 
-The graph's nodes are the lexicon's MammoRG terms (70); its edges are every (finding, relation,
-term) pair the lexicon's relation schema allows, for located_at, suggestive_of and modified_by,
-plus the three inverse relations so that information flows both ways. Node features come from
+The graph's nodes are the lexicon's MammoRG terms (70); its edges (located_at, suggestive_of,
+modified_by) come from clinical knowledge and the training reports (``models.mammorg_edges``:
+a curated BI-RADS-atlas table plus co-occurrence statistics), plus the three inverse relations
+so that information flows both ways. Node features come from
 the language model's own input embeddings of each term's text (the paper uses bert-base-chinese;
 see docs/mammorg.md). The RGCN output does not depend on the image, so it is computed once per
 forward pass and can be folded into a constant at export.
@@ -15,11 +16,14 @@ nearly uniform, so the "retrieved" report is the bank's mean whatever the image)
 """
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models import lexicon
+from models.mammorg_edges import atlas_edges
 
 GRAPH_RELATIONS: tuple[str, ...] = lexicon.RELATIONS + tuple(f"{r}_inverse" for r in lexicon.RELATIONS)
 
@@ -35,16 +39,23 @@ def term_text(term_id: str) -> str:
     return f"{term.name} {term.zh[0]}" if term.zh else term.name
 
 
-def adjacency(nodes: list[str]) -> torch.Tensor:
-    """(2R, N, N) row-normalised adjacency, one slice per relation and inverse relation."""
+def adjacency(nodes: list[str], edges: Iterable[Sequence[str]] | None = None) -> torch.Tensor:
+    """(2R, N, N) row-normalised adjacency, one slice per relation and inverse relation.
+
+    ``edges``: (head, relation, tail[, source]) rows; None means the curated atlas table
+    (``mammorg_edges.atlas_edges``), the graph a model has before its training reports are seen.
+    Row normalisation makes each message a mean over the node's neighbours (RGCN's aggregation).
+    """
     n, r = len(nodes), len(lexicon.RELATIONS)
+    index = {node: i for i, node in enumerate(nodes)}
     adj = torch.zeros(2 * r, n, n)
-    for i, head in enumerate(nodes):
-        for j, tail in enumerate(nodes):
-            for k, relation in enumerate(lexicon.RELATIONS):
-                if lexicon.relation_allowed(head, relation, tail):
-                    adj[k, i, j] = 1.0
-                    adj[k + r, j, i] = 1.0
+    for head, relation, tail, *_ in (atlas_edges() if edges is None else edges):
+        if relation not in lexicon.RELATIONS:
+            raise ValueError(f"unknown relation {relation!r} in graph edge ({head}, {relation}, {tail})")
+        if head in index and tail in index:
+            k = lexicon.RELATIONS.index(relation)
+            adj[k, index[head], index[tail]] = 1.0
+            adj[k + r, index[tail], index[head]] = 1.0
     degree = adj.sum(-1, keepdim=True).clamp_min(1.0)
     return adj / degree
 

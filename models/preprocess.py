@@ -8,7 +8,7 @@ Pipeline (docs/preprocessing.md has the why and the differences from the officia
    ``intensity="minmax"``), scaled to 0..255, MONOCHROME1 inverted so the breast is bright.
 3. ``breast_crop``: trim the border, threshold, keep the largest connected component, crop to
    its bounding box.
-4. optional mirror (``flip_to``), then ``resize`` to the model input size (squash or pad).
+4. optional mirror (``flip_to``), then ``resize`` to the model input size (squash, pad or crop).
 5. ``normalize``: /255, (x - mean) / std per channel, 1 or 3 channels.
 
 ``prepare_uint8`` runs 1-4 and is what caches store; ``preprocess`` adds 5. For integer pixel
@@ -41,7 +41,7 @@ from models.preprocess_intensity import (
     stored_pixels,
     voi_window,
 )
-from models.preprocess_resize import pad_resize, resample
+from models.preprocess_resize import crop_resize, pad_resize, resample
 from models.preprocess_segment import (
     Box,
     Component,
@@ -55,7 +55,7 @@ from models.preprocess_segment import (
 PREPROCESS_VERSION = 1
 
 INTENSITIES = ("voi", "minmax")
-RESIZE_MODES = ("squash", "pad")
+RESIZE_MODES = ("squash", "pad", "crop")
 
 # The three normalisation sets of the official code, after /255 (see docs/preprocessing.md).
 NORM_DOWNSTREAM = ((0.5,), (0.5,))                                  # downstream tasks (official student use)
@@ -69,7 +69,8 @@ class PreprocessConfig:
 
     size: tuple[int, int] = (512, 512)        # (rows, cols) of the model input
     intensity: str = "voi"                    # "voi": VOI LUT / first window, min-max when none; "minmax"
-    resize: str = "squash"                    # "squash" (official: aspect not kept) | "pad" (keep aspect)
+    resize: str = "squash"                    # "squash" (official VersaMammo: aspect not kept) | "pad" (keep
+                                              # aspect) | "crop" (official MammoRG: shortest side, centre crop)
     flip_to: str | None = None                # None (official) | "L" | "R": chest wall on that side's edge
     trim: int = 5                             # pixels trimmed from each border before segmentation
     threshold: int = 20                       # 8-bit background threshold: foreground is value > threshold
@@ -118,6 +119,13 @@ class PreprocessConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+def official_mammorg_config(side: int = 512) -> PreprocessConfig:
+    """What the official MammoRG encoder was trained on: shortest side to ``side``, centre crop,
+    mean = std = 0.5 (``efficientnet_custom.py``). For imported official weights only: ours are
+    trained on the student's own preprocessing (squash, 0.3089/0.2505)."""
+    return PreprocessConfig(size=(side, side), resize="crop", mean=NORM_DOWNSTREAM[0], std=NORM_DOWNSTREAM[1])
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """Output of ``prepare_uint8``: the resized 8-bit image and where it came from."""
@@ -161,12 +169,15 @@ def resize(img8: np.ndarray, size: tuple[int, int], mode: str = "squash", align:
     """uint8 -> uint8 of ``size`` (rows, cols): block means + bilinear; deterministic, numpy only.
 
     ``mode`` "squash" stretches to the size; "pad" keeps the aspect and pads with 0, placing the
-    image against ``align`` ("L"/"R") or centred.
+    image against ``align`` ("L"/"R") or centred; "crop" scales the shortest side to the size and
+    keeps the centre (official MammoRG: ``Resize(512)`` + ``CenterCrop(512)``).
     """
     if mode == "squash":
         return resample(img8, size)
     if mode == "pad":
         return pad_resize(img8, size, align)
+    if mode == "crop":
+        return crop_resize(img8, size)
     raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.preprocess import PreparedImage, PreprocessConfig
-from models.preprocess_resize import fit_size
+from models.preprocess_resize import cover_size, crop_offsets, fit_size
 
 BoxXYXY = tuple[float, float, float, float]
 
@@ -41,6 +41,10 @@ class ModelGeometry:
         rows, cols = cfg.size
         if cfg.resize == "squash":
             nh, nw, oy, ox = rows, cols, 0, 0
+        elif cfg.resize == "crop":                 # covered, then centre-cropped: negative offsets
+            nh, nw = cover_size((h, w), (rows, cols))
+            top, left = crop_offsets((nh, nw), (rows, cols))
+            oy, ox = -top, -left
         else:
             nh, nw = fit_size((h, w), (rows, cols))
             oy = (rows - nh) // 2

@@ -83,3 +83,31 @@ def pad_resize(img8: np.ndarray, size: tuple[int, int], align: str = "center") -
     x = 0 if align == "L" else (cols - nw) if align == "R" else (cols - nw) // 2
     out[y:y + nh, x:x + nw] = inner
     return out
+
+
+def cover_size(shape: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest (rows, cols) with the aspect of ``shape`` that covers ``size``: the shortest
+    side scaled to its target, the other as torchvision's ``Resize(int)`` computes it (truncated)."""
+    h, w = shape
+    rows, cols = size
+    scale = max(rows / h, cols / w)
+    if scale == rows / h:
+        return rows, max(cols, int(w * scale))
+    return max(rows, int(h * scale)), cols
+
+
+def crop_offsets(shape: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of a centred crop of ``size`` from ``shape``, rounded as torchvision's CenterCrop."""
+    return int(round((shape[0] - size[0]) / 2.0)), int(round((shape[1] - size[1]) / 2.0))
+
+
+def crop_resize(img8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The official MammoRG geometry: shortest side resized to the target, then a centred crop.
+
+    The part of the breast outside the crop is lost (as in the official pipeline); use it only for
+    weights trained that way.
+    """
+    rows, cols = int(size[0]), int(size[1])
+    nh, nw = cover_size(img8.shape, (rows, cols))
+    top, left = crop_offsets((nh, nw), (rows, cols))
+    return resample(img8, (nh, nw))[top:top + rows, left:left + cols].copy()

@@ -14,7 +14,9 @@ official code.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
+from pathlib import Path
 from os import PathLike
 from typing import Any, Literal
 
@@ -83,7 +85,10 @@ def save_checkpoint(model: VersaMammoStudent | VersaMammoTeacher, path: str | Pa
     }
     if extra:
         payload["extra"] = extra
-    torch.save(payload, path)
+    # write beside, then rename: a crash never leaves a half-written checkpoint under ``path``
+    partial = Path(f"{os.fspath(path)}.partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
 
 
 def read_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ STUDENT_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.3089,), (0.2505,
 DOWNSTREAM_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.5,), (0.5,))
 # The stage-1 teacher uses ImageNet statistics (DINOv2 default).
 IMAGENET_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# What the student's classification heads may see (VersaMammoConfig.student_head_pool).
+HEAD_POOLS = ("avg", "avg_max", "avg_lesion")
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,19 @@ class VersaMammoConfig:
     teacher_interpolate_offset: float = 0.1  # DINOv2 positional-embedding interpolation offset
     # What the student's classification heads see: "avg" (official: the global average of the
     # feature grid) or "avg_max" (average and maximum side by side, twice the width): a lesion
-    # fills one or two cells of the grid and averaging dilutes it 30-60 times (docs/models.md).
+    # fills one or two cells of the grid and averaging dilutes it 30-60 times (docs/models.md);
+    # "avg_lesion" (needs student_lesion_map): the average, the grid pooled with the softmax of the
+    # lesion map as attention weights, and the map's strongest logit (2 * dim + 1 wide).
     student_head_pool: str = "avg"
     # A 1x1-conv lesion map over the feature grid (one logit per cell), trained with box
     # supervision where boxes exist (distill.lesion_map_weight). The official student has none.
     student_lesion_map: bool = False
 
     def __post_init__(self) -> None:
-        if self.student_head_pool not in ("avg", "avg_max"):
-            raise ValueError(f"student_head_pool must be 'avg' or 'avg_max', not {self.student_head_pool!r}")
+        if self.student_head_pool not in HEAD_POOLS:
+            raise ValueError(f"student_head_pool must be one of {HEAD_POOLS}, not {self.student_head_pool!r}")
+        if self.student_head_pool == "avg_lesion" and not self.student_lesion_map:
+            raise ValueError("student_head_pool 'avg_lesion' pools by the lesion map: it needs student_lesion_map")
         if self.student_input % 32:
             raise ValueError(f"student_input {self.student_input} is not a multiple of 32")
         if self.student_grid != self.student_input // 32:

@@ -23,7 +23,8 @@ class VersaMammoStudent(nn.Module):
     tokens per view). Dropout acts only on what the heads see, as in the official
     ``include_top`` model; the returned ``feature`` is never dropped out. With
     ``cfg.student_head_pool = "avg_max"`` the heads see the grid's average and maximum;
-    with ``cfg.student_lesion_map`` a 1x1 conv gives one lesion logit per grid cell.
+    with ``cfg.student_lesion_map`` a 1x1 conv gives one lesion logit per grid cell, and
+    ``"avg_lesion"`` lets the heads look where the map points (attention pooling by the map).
     """
 
     def __init__(self, cfg: VersaMammoConfig):
@@ -45,7 +46,7 @@ class VersaMammoStudent(nn.Module):
         dim = int(self.backbone.num_features)
         if dim != cfg.student_dim:
             raise ValueError(f"{cfg.student_backbone} has {dim} features, config says {cfg.student_dim}")
-        self.head_dim = dim * (2 if cfg.student_head_pool == "avg_max" else 1)
+        self.head_dim = {"avg": dim, "avg_max": 2 * dim, "avg_lesion": 2 * dim + 1}[cfg.student_head_pool]
         self.dropout = nn.Dropout(cfg.student_dropout)
         self.birads_head = nn.Linear(self.head_dim, cfg.n_birads)
         self.density_head = nn.Linear(self.head_dim, cfg.n_density)
@@ -66,6 +67,13 @@ class VersaMammoStudent(nn.Module):
         pooled = grid.mean(dim=(2, 3))
         if self.cfg.student_head_pool == "avg_max":
             pooled = torch.cat([pooled, grid.amax(dim=(2, 3))], dim=1)
+        elif self.cfg.student_head_pool == "avg_lesion":
+            # the lesion map (trained with boxes) says which cells hold a lesion; a softmax over the
+            # cells weights them, so a one-cell lesion is not diluted by the other 63 (tiny grid)
+            logits = self.lesion_map(grid).flatten(1)
+            attention = logits.softmax(dim=1)
+            attended = (grid.flatten(2) * attention[:, None, :]).sum(dim=2)
+            pooled = torch.cat([pooled, attended, logits.amax(dim=1, keepdim=True)], dim=1)
         return pooled
 
     def lesion_map(self, grid: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,9 @@ class NodeApp:
                                  on_done=self._study_done,
                                  sources={"density": settings.results.density_source,
                                           "birads": settings.results.birads_source},
-                                 speculative_runs=settings.inference.speculative_runs)
+                                 speculative_runs=settings.inference.speculative_runs,
+                                 mark_threshold=settings.results.mark_threshold,
+                                 max_marks_per_image=settings.results.max_marks_per_image)
         self.http: HttpApi | None = None
         if settings.http.enabled:
             self.http = HttpApi(settings.http.bind, settings.http.port, self.metrics.render, self.health,

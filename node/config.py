@@ -11,7 +11,9 @@ Relative paths (``node.data_dir``, TLS files) are resolved against the working d
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,6 +178,10 @@ class ResultsSection(_Section):
 
     density_source: Literal["package", "report", "classifier"] = "package"
     birads_source: Literal["package", "report", "classifier"] = "package"
+    # CAD marks from a VersaMammo package with a lesion map (node/marks.py): a lesion-map peak at or
+    # above this probability is a mark; None: the package's ``localization.mark_threshold``.
+    mark_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_marks_per_image: int = Field(default=3, ge=0, le=20)
 
 
 class DestinationTLS(_Section):
@@ -208,7 +214,15 @@ class DicomDestination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    reports: list[Literal["tid1500", "tid4000"]] = Field(default_factory=lambda: ["tid1500"], min_length=1)
+    # "gsps": a Grayscale Softcopy Presentation State per source image with the CAD marks, for PACS
+    # that draw no SR marks; "heatmap_sc": a Secondary Capture per source image with the lesion map
+    # and marks burnt in, labelled derived / not for diagnosis (both made only where the VersaMammo
+    # package has a lesion map: docs/dicom-sr.md)
+    reports: list[Literal["tid1500", "tid4000", "gsps", "heatmap_sc"]] = Field(
+        default_factory=lambda: ["tid1500"], min_length=1)
+    # The SOP class of the TID 1500 SR for this destination: IHE AIR's Comprehensive 3D SR, or
+    # Comprehensive / Enhanced SR for a PACS that does not store it (docs/dicom-sr.md).
+    tid1500_sop_class: Literal["comprehensive3d", "comprehensive", "enhanced"] = "comprehensive3d"
     calling_ae_title: str | None = None  # None: the node's own dicom.ae_title
     timeout: float = Field(default=30.0, gt=0)  # association, DIMSE and network timeout
     # Keep the association open this long after the last send, for the next study's SRs (0: release
@@ -251,11 +265,27 @@ class HL7Output(_Section):
     # OBR-4 in exam_order mode when the images have no ProcedureCodeSequence (text: StudyDescription).
     exam_service_id: str = "MGSCREEN^Screening mammography, bilateral^99MAMMO"
     processing_id: Literal["P", "T", "D"] = "P"  # MSH-11: production, training, debugging
+    # The zone of every HL7 timestamp (MSH-7, ORC-9, OBR-22, OBX-19, and OBR-7 when the images give
+    # no offset): "local" (the node's, daylight saving included), "UTC", a fixed offset "+0530", or
+    # an IANA name "Europe/Berlin". Every timestamp carries its offset (docs/hl7-interface.md).
+    timezone: str = "local"
 
     @field_validator("sending_application", "sending_facility", "receiving_application", "receiving_facility")
     @classmethod
     def _valid_names(cls, value: str) -> str:
         return _valid_hd(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        if value in ("local", "UTC") or re.fullmatch(r"[+-](0\d|1[0-4])[0-5]\d", value):
+            return value
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+            raise ValueError(f"{value!r} is not a time zone: \"local\", \"UTC\", an offset like \"+0100\" "
+                             "or an IANA name like \"Europe/Berlin\"") from None
+        return value
 
     @field_validator("service_id", "exam_service_id")
     @classmethod

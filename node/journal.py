@@ -360,15 +360,18 @@ class Journal:
                         json.dumps(result, sort_keys=True)))
             # An older result's output still waiting for a destination would reach it after the new
             # one: it is dead-lettered instead (the new output names what it replaces).
+            # Kinds of one report family ("tid1500", "tid1500-enhanced": the same SR in another SOP
+            # class, after a destination's tid1500_sop_class changed) supersede each other.
             current: dict[tuple[str, str], list[str]] = {}
             for out in outputs:
-                current.setdefault((out["destination"], out["kind"]), []).append(out["identity"])
-            for (destination, kind), identities in current.items():
+                current.setdefault((out["destination"], _family(out["kind"])), []).append(out["identity"])
+            for (destination, family), identities in current.items():
                 marks = ", ".join("?" * len(identities))
                 db.execute(f"UPDATE outbox SET state = 'DEAD', updated_at = ?, last_error = ? WHERE study_uid = ? "
-                           f"AND destination = ? AND kind = ? AND state = 'PENDING' AND identity NOT IN ({marks})",
+                           f"AND destination = ? AND (kind = ? OR kind LIKE ?) AND state = 'PENDING' "
+                           f"AND identity NOT IN ({marks})",
                            (now, "superseded: the study was processed again with a different result", study_uid,
-                            destination, kind, *identities))
+                            destination, family, family + "-%", *identities))
             for out in outputs:
                 db.execute("INSERT OR IGNORE INTO outbox(study_uid, destination, kind, identity, payload, state, "
                            "created_at, next_attempt_at, updated_at) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?)",
@@ -406,3 +409,8 @@ class Journal:
             "duplicates": self.query("SELECT COUNT(*) FROM instances WHERE duplicate_of IS NOT NULL")[0][0],
             "quarantined": self.query("SELECT COUNT(*) FROM quarantine")[0][0],
         }
+
+
+def _family(kind: str) -> str:
+    """The report an outbox kind renders ("tid1500-enhanced" -> "tid1500"; node.outputs.common)."""
+    return kind.split("-", 1)[0]

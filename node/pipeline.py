@@ -48,11 +48,13 @@ from typing import Any, Callable
 import numpy as np
 import pydicom
 
-from models.preprocess import PreprocessConfig, preprocess
+from models.preprocess import PreprocessConfig, normalize, prepare_uint8
+from models.preprocess_geometry import ModelGeometry
 from models.reportparse import parse_report
 from node.inference.engine import InferenceEngine
 from node.journal import Journal
 from node.logref import study_ref
+from node.marks import image_marks, lesion_map_record, mark_settings
 from node.results import breast_probabilities, build_result, reporting_sources
 from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.prepare import OutputPreparer
@@ -99,8 +101,11 @@ class Pipeline:
     def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0,
                  outputs: OutputPreparer | None = None,
                  on_done: Callable[[str, str, dict[str, Any] | None], None] | None = None,
-                 sources: dict[str, str] | None = None, speculative_runs: int = 0) -> None:
+                 sources: dict[str, str] | None = None, speculative_runs: int = 0,
+                 mark_threshold: float | None = None, max_marks_per_image: int = 3) -> None:
         self.journal = journal
+        self.mark_threshold = mark_threshold  # None: the VersaMammo package's own (node.marks)
+        self.max_marks_per_image = max_marks_per_image
         self.speculative_runs = speculative_runs
         self._spec: dict[str, _Speculation] = {}
         self._spec_cond = threading.Condition()
@@ -401,6 +406,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         mark = time.perf_counter()
         arrays: dict[str, dict[str, np.ndarray]] = {}
+        geometries: dict[str, tuple[ModelGeometry, tuple[int, int]]] = {}  # VersaMammo's, for CAD marks
         for name, pre_dict in (("versamammo", vm.preprocessing), ("mammorg", rg.preprocessing)):
             pre = PreprocessConfig.from_dict(pre_dict)
             if name == "mammorg" and pre == PreprocessConfig.from_dict(vm.preprocessing):
@@ -409,7 +415,10 @@ class Pipeline:
             arrays[name] = {}
             for position, ds in datasets.items():
                 try:
-                    arrays[name][position] = preprocess(ds, pre)
+                    prepared = prepare_uint8(ds, pre)
+                    arrays[name][position] = normalize(prepared.image, pre)
+                    if name == "versamammo":
+                        geometries[position] = (ModelGeometry.of(prepared, pre), prepared.source_shape)
                 except Exception as exc:
                     raise StudyFailed(f"{position}: preprocessing failed ({type(exc).__name__}: {exc})") from None
         order = [p for p in POSITIONS if p in datasets]
@@ -432,5 +441,14 @@ class Pipeline:
         parsed = parse_report(report.text)
         result = build_result(report.text, parsed, breast_probabilities(per_view), vm.labels, models.versions,
                               missing, sources=reporting_sources(self.sources, rg.manifest.data.get("reporting")))
+        localization = mark_settings(vm.localization, self.mark_threshold, self.max_marks_per_image)
+        result["localization"] = localization
+        if localization["attempted"] and out.lesion_map is not None:
+            size = tuple(vm.input_size)
+            result["marks"] = [m.to_dict() for i, p in enumerate(order) for m in image_marks(
+                p, out.lesion_map[i], geometries[p][0], size, geometries[p][1], out.findings[i],
+                vm.labels["findings"], localization["mark_threshold"], localization["max_marks_per_image"])]
+            result["lesion_maps"] = {p: lesion_map_record(out.lesion_map[i], geometries[p][0], size)
+                                     for i, p in enumerate(order)}  # for the heatmap secondary capture
         result["timings"] = timings
         return result, dict(models.versions)

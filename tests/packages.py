@@ -16,6 +16,7 @@ from export.package import finish_package
 from export.versamammo import export_versamammo
 from models.mammorg import build_mammorg, set_bank
 from models.mammorg_config import config_for as mammorg_config
+from models.mammorg_config import preprocess_config
 from models.versamammo import build_student, config_for
 from models.versamammo_config import student_preprocess_config
 from training.mammorg.tokenizer import train_bpe, with_terms
@@ -39,13 +40,13 @@ def tiny_student(seed: int = 0):
     return student
 
 
-def tiny_mammorg(seed: int = 0, max_new_tokens: int = 12):
+def tiny_mammorg(seed: int = 0, max_new_tokens: int = 12, preprocessing: dict | None = None):
     base = train_bpe(REPORTS * 3, 400)
     tokenizer, base_rows = with_terms(base, "en")
     small_lm = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": False}
     cfg = replace(mammorg_config("tiny"), cross_heads=4, graph_layers=1, lm=small_lm, max_new_tokens=max_new_tokens,
-                  base_vocab_size=base_rows)
+                  base_vocab_size=base_rows, preprocessing=preprocessing)
     student = tiny_student(seed)
     torch.manual_seed(seed)
     model = build_mammorg(cfg, tokenizer, student)
@@ -66,9 +67,10 @@ def build_versamammo_package(out: Path, version: str = "1.0.0", seed: int = 0, t
 
 
 def build_mammorg_package(out: Path, version: str = "1.0.0", seed: int = 0, tar: bool = False,
-                          name: str = "mammorg-test") -> Path:
-    model, tokenizer = tiny_mammorg(seed)
-    views, present = phantom_views(student_preprocess_config(model.vision.cfg), 2)
+                          name: str = "mammorg-test", preprocessing: dict | None = None) -> Path:
+    """``preprocessing``: the encoder's (``MammoRGConfig.preprocessing``); None = the student's."""
+    model, tokenizer = tiny_mammorg(seed, preprocessing=preprocessing)
+    views, present = phantom_views(preprocess_config(model.cfg, model.vision.cfg), 2)
     fields = export_mammorg(model, tokenizer, out, views, present)
     path, _ = finish_package(out, name, version, fields, training={"note": "random weights"}, tar=tar)
     return path

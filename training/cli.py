@@ -107,6 +107,21 @@ def versamammo_eval(
         print_report(report)
 
 
+@app.command("versamammo-probe")
+def versamammo_probe(
+    config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Student checkpoint (default: distill/student_best.pt)."),
+) -> None:
+    """Frozen-backbone linear probes and top-K retrieval of the student's pooled features, with
+    bootstrap 95% intervals (training/eval/probes.py); prints JSON."""
+    if _skip_on_other_ranks("versamammo-probe"):
+        return
+    from training.eval.probes import run_probe_eval
+
+    report = run_probe_eval(_config(config, overrides), checkpoint)
+    typer.echo(json.dumps(report, indent=2, default=str))
+
+
 @app.command("mammorg-knowledge")
 def mammorg_knowledge(config: Optional[Path] = ConfigOption, overrides: list[str] = SetOption) -> None:
     """MammoRG stage 1: build the model (tokenizer, graph, report bank) and train the knowledge modules."""

@@ -45,7 +45,7 @@ class ModelSection(_Section):
     student_init: Literal["random", "lesion_patches"] = "random"
     # Student head options over the preset (None keeps the preset's; models.versamammo_config):
     # "avg_max" pooling for the heads, and the lesion map that distill.lesion_map_weight trains.
-    student_head_pool: Literal["avg", "avg_max"] | None = None
+    student_head_pool: Literal["avg", "avg_max", "avg_lesion"] | None = None
     student_lesion_map: bool | None = None
 
 
@@ -141,6 +141,11 @@ class DistillSection(_Section):
     # contrastive term): box supervision learns lesion features several times faster on its own
     # than beside the image-level losses (docs/training.md). 0 = all terms from the first step.
     lesion_map_warmup_epochs: int = Field(default=0, ge=0)
+    # After training, refit the BI-RADS and density heads on the frozen student's head inputs
+    # (L2-regularised multinomial regression, strength and class weighting chosen on the validation
+    # split; training/versamammo/distill/refit.py). Not in the paper: the heads trained beside KD,
+    # contrastive and dropout lag a linear fit of the same features on small data (docs/training.md).
+    head_refit: bool = False
 
 
 class PatchesSection(_Section):
@@ -167,6 +172,22 @@ class MammoRGSection(_Section):
     tokenizer_vocab: int = Field(default=2000, ge=300)
     terms_language: Literal["en", "zh", "all"] = "all"  # which lexicon surface forms become atomic tokens
     knowledge: bool = True  # False: no graph or report tokens (the ablation)
+    # Knowledge-graph edges (models.mammorg_edges): "knowledge" = the curated BI-RADS-atlas table
+    # plus co-occurrence in the parsed training reports seen at least graph_min_count times and in
+    # at least graph_min_fraction of the head's occurrences; "atlas", "reports" alone; "complete"
+    # (every schema pair, the old graph) and "none" for ablations.
+    graph_edges: Literal["knowledge", "atlas", "reports", "complete", "none"] = "knowledge"
+    graph_min_count: int = Field(default=3, ge=1)
+    graph_min_fraction: float = Field(default=0.05, ge=0, le=1)
+    # The images MammoRG's frozen encoder sees (saved in the model, written into its package manifest,
+    # so the node serves what was trained): "student" = the student's own preprocessing (squash,
+    # its normalisation; ours); "official" = the official MammoRG pipeline (shortest side resized,
+    # centre crop, mean = std = 0.5), for an encoder or weights trained that way.
+    preprocessing: Literal["student", "official"] = "student"
+    # Alignment and SFT under torchrun: shard every decoder layer of the language model (its frozen
+    # weights and LoRA adapters) with FSDP2 instead of replicating the LM on each GPU; the rest
+    # (embeddings with the term rows, output head, projectors) stays replicated, gradients averaged.
+    fsdp: bool = False
     prompt: str | None = None  # must contain <image> once; None = the preset's
     max_report_tokens: int = Field(default=512, ge=8)  # longer training targets are truncated, and counted
     retrieval_temperature: float = Field(default=0.05, gt=0)
@@ -194,6 +215,7 @@ class AlignSection(_Section):
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    gradient_checkpointing: bool = False
 
 
 class SFTSection(_Section):

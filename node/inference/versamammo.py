@@ -3,7 +3,10 @@
 The package's graph takes ``image`` (N, 3, S, S) float32, normalised exactly as its manifest's
 ``preprocessing`` says (models.preprocess builds that array), and returns ``feature`` (N, D),
 ``birads``/``density`` (softmax probabilities), ``findings`` (sigmoid probabilities, multi-label)
-and ``feature_grid`` (N, D, G, G).
+and ``feature_grid`` (N, D, G, G). Packages exported from a student with a lesion map also have
+``lesion_map`` (N, G, G): the sigmoid probability of a lesion per feature-grid cell, which
+node.marks turns into CAD marks; packages without it (official weights, demo packages before 3.0.0) run unchanged and
+the result says localisation was not attempted.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from node.inference.session import SessionSettings, device_of, open_session
 from node.packages.manifest import Manifest
 
 OUTPUTS = ("feature", "birads", "density", "findings", "feature_grid")
+LESION_MAP = "lesion_map"  # optional output: only packages whose student has a lesion map
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class VersaMammoResult:
     density: np.ndarray
     findings: np.ndarray
     feature_grid: np.ndarray
+    lesion_map: np.ndarray | None = None  # (N, G, G) probabilities, None when the package has none
 
 
 def choose_graph(manifest: Manifest, precision: str, device: str) -> str:
@@ -53,6 +58,8 @@ class VersaMammoRunner:
         self.role = choose_graph(manifest, precision, device_of(probe))
         self.session = probe if self.role == "model" else open_session(
             self.root / manifest.graphs[self.role]["file"], settings)
+        self.has_lesion_map = LESION_MAP in {o.name for o in self.session.get_outputs()}
+        self.outputs = OUTPUTS + ((LESION_MAP,) if self.has_lesion_map else ())
         self.preprocessing: dict[str, Any] = manifest.data["preprocessing"]
         self.input_size = tuple(self.preprocessing["size"])
         if warm_up:
@@ -62,11 +69,18 @@ class VersaMammoRunner:
     def labels(self) -> dict[str, list[str]]:
         return self.manifest.data["labels"]
 
+    @property
+    def localization(self) -> dict[str, Any] | None:
+        """The manifest's ``localization`` (grid, ``mark_threshold``) when the graph has a lesion map."""
+        if not self.has_lesion_map:
+            return None
+        return dict(self.manifest.data.get("localization") or {})
+
     def run(self, images: np.ndarray) -> VersaMammoResult:
         """(N, 3, S, S) float32 -> per-image outputs."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         expected = (3, *self.input_size)
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"images must be (N, {', '.join(map(str, expected))}), got {images.shape}")
-        outputs = self.session.run(list(OUTPUTS), {"image": images})
-        return VersaMammoResult(**{name: np.asarray(v, dtype=np.float32) for name, v in zip(OUTPUTS, outputs)})
+        outputs = self.session.run(list(self.outputs), {"image": images})
+        return VersaMammoResult(**{name: np.asarray(v, dtype=np.float32) for name, v in zip(self.outputs, outputs)})

@@ -29,15 +29,19 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import Comprehensive3DSRStorage, MammographyCADSRStorage
 
-from node.outputs.common import SERIES_NUMBER, NotApplicable
+from node.outputs.common import SERIES_NUMBER, TID1500_KINDS, TID1500_SOP_CLASSES, NotApplicable, report_family
 from node.outputs.source import output_identity
 
 if TYPE_CHECKING:
     from node.journal import Journal
 
-SR_SOP_CLASSES = {"tid1500": str(Comprehensive3DSRStorage), "tid4000": str(MammographyCADSRStorage)}
+# One SOP class per SR output kind; the TID 1500 SR has one kind per class a destination may ask for
+# (node.outputs.common.TID1500_KINDS), each a document of its own.
+SR_SOP_CLASSES = {**{TID1500_KINDS[name]: uid for name, uid in TID1500_SOP_CLASSES.items()},
+                  "tid4000": str(MammographyCADSRStorage)}
+assert SR_SOP_CLASSES["tid1500"] == str(Comprehensive3DSRStorage)
 LEGACY_SOP_CLASSES = {"tid1500": "1.2.840.10008.5.1.4.1.1.88.33"}  # TID 1500 was Comprehensive SR before
-KINDS = ("tid1500", "tid4000", "oru")
+KINDS = (*TID1500_KINDS.values(), "tid4000", "oru")
 SERIES_NUMBER_STEP = 10  # a revision in a new series (other models) numbers it 10 after the one it replaces
 
 
@@ -46,9 +50,10 @@ def document_numbers(result: dict[str, Any], kind: str, series_uid: str) -> tupl
     a revision is the next instance number, in the same series number when it is in the same series
     and 10 further on when other models made a new series, so a PACS lists the revisions apart."""
     link = (result.get("replaces") or {}).get(kind)
+    first = SERIES_NUMBER[report_family(kind)]
     if not link:
-        return SERIES_NUMBER[kind], 1
-    series_number = int(link.get("series_number") or SERIES_NUMBER[kind])
+        return first, 1
+    series_number = int(link.get("series_number") or first)
     if link.get("series_uid") != series_uid:
         series_number += SERIES_NUMBER_STEP
     return series_number, int(link.get("instance_number") or 1) + 1
@@ -61,11 +66,13 @@ def _identity(kind: str, study_uid: str, result: dict[str, Any]) -> dict[str, st
 
         return {"control_id": control_id(study_uid, result),
                 "filler_order_number": filler_order_number(study_uid, result)}
-    if kind == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
+    if report_family(kind) == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
         return None  # no TID 1500 SR is made for such a result
     planned = (result.get("documents") or {}).get(kind)
     if planned:  # what node.outputs.prepare planned for it (source images, time, device: all known then)
         return dict(planned)
+    if kind not in ("tid1500", "tid4000"):
+        return None  # a kind this result did not plan (no destination asked for that SOP class)
     # A result journaled before its documents were recorded: named by the result alone, as then.
     ident = output_identity(study_uid, result, kind)
     series_number, instance_number = document_numbers(result, kind, ident.series_instance_uid)

@@ -153,3 +153,22 @@ def view_concept(image_dataset: Any, view: str) -> CodedConcept:
         item = seq[0]
         return CodedConcept(item.CodeValue, item.CodingSchemeDesignator, str(item.CodeMeaning)[:64])
     return VIEW_CODES[view]
+
+
+# CAD mark kinds (node.marks.KINDS) as lexicon findings: the codes of CID 6014 (Mammography Single
+# Image Finding) that the TID 1500 findings use too.
+MARK_TERMS = {"mass": "mass", "calcification": "calcification", "distortion": "architectural_distortion",
+              "asymmetry": "asymmetry"}
+
+
+def mark_concept(kind: str) -> CodedConcept:
+    """The coded finding of a CAD mark of ``kind`` (a key of MARK_TERMS)."""
+    concept = term_concept(MARK_TERMS[kind])
+    assert concept is not None, kind
+    return concept
+
+
+def mark_kind(value: str, scheme: str) -> str | None:
+    """Inverse of :func:`mark_concept`."""
+    return next((k for k in MARK_TERMS if (c := mark_concept(k)).value == value and c.scheme_designator == scheme),
+                None)

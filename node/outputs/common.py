@@ -28,6 +28,23 @@ SERIES_DESCRIPTION = {"tid1500": "AI RESULT (PRELIMINARY)", "tid4000": "AI CAD S
 SERIES_NUMBER = {"tid1500": 9501, "tid4000": 9502}
 INSTANCE_NUMBER = 1
 
+# The SOP classes the TID 1500 SR can be sent in (``[[outputs.dicom]] tid1500_sop_class``): IHE AIR
+# names Comprehensive 3D SR; a PACS that does not store it gets Comprehensive SR or Enhanced SR, which
+# allow every value type and relationship our content uses (no SCOORD3D, no by-reference relations;
+# docs/dicom-sr.md). Each class is an output kind of its own ("tid1500" keeps its name for the
+# default), so each has its own document UIDs, outbox rows and predecessor chain.
+TID1500_SOP_CLASSES = {"comprehensive3d": "1.2.840.10008.5.1.4.1.1.88.34",
+                       "comprehensive": "1.2.840.10008.5.1.4.1.1.88.33",
+                       "enhanced": "1.2.840.10008.5.1.4.1.1.88.22"}
+TID1500_KINDS = {"comprehensive3d": "tid1500", "comprehensive": "tid1500-comprehensive",
+                 "enhanced": "tid1500-enhanced"}
+
+
+def report_family(kind: str) -> str:
+    """The report an output kind is a rendering of ("tid1500-enhanced" -> "tid1500"): series
+    number, description and content follow the family, UIDs and predecessors the kind."""
+    return kind.split("-", 1)[0]
+
 
 class NotApplicable(Exception):
     """This output kind has nothing to say for this result (e.g. an SR when no model ran because
@@ -112,4 +129,5 @@ def utc(ts: float) -> datetime:
 
 
 __all__ = ["DEVICE_NAME", "DEVICE_UID_FILE", "completion", "installation_device_uid", "report_language", "DISCLAIMER", "NotApplicable", "INSTANCE_NUMBER", "MANUFACTURER", "SERIES_DESCRIPTION",
-           "SERIES_NUMBER", "SOFTWARE_VERSION", "model_label", "utc"]
+           "SERIES_NUMBER", "SOFTWARE_VERSION", "TID1500_KINDS", "TID1500_SOP_CLASSES", "model_label", "report_family",
+           "utc"]

@@ -16,7 +16,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Comprehensive3DSRStorage, ComprehensiveSRStorage, MammographyCADSRStorage
+from pynetdicom.sop_class import (Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage,
+                                  GrayscaleSoftcopyPresentationStateStorage, MammographyCADSRStorage,
+                                  SecondaryCaptureImageStorage)
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.config import DicomDestination
@@ -24,9 +26,13 @@ from node.dicom.scu import client_tls_context
 
 log = logging.getLogger("mammo_node.outbox")
 
-# TID 1500 goes as Comprehensive 3D SR (IHE AIR); Comprehensive SR stays proposed for payloads
-# rendered before that change and still in the outbox.
-SR_CLASSES = (Comprehensive3DSRStorage, MammographyCADSRStorage, ComprehensiveSRStorage)
+# TID 1500 goes as Comprehensive 3D SR (IHE AIR), or as Comprehensive / Enhanced SR to a destination
+# whose tid1500_sop_class says so (also payloads rendered before the switch to 3D, still in the
+# outbox, are Comprehensive SR). Every class is proposed: the peer accepts those it stores, and an
+# SR in a class it refused is a dead letter that names the class.
+SR_CLASSES = (Comprehensive3DSRStorage, MammographyCADSRStorage, ComprehensiveSRStorage, EnhancedSRStorage,
+              GrayscaleSoftcopyPresentationStateStorage,  # and the CAD marks' presentation states (gsps)
+              SecondaryCaptureImageStorage)  # and the heatmap secondary captures (heatmap_sc)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,15 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Iterable
+from zoneinfo import ZoneInfo
 
 from models import lexicon
 from models.reportparse import _HEADER as _SECTION_HEADER
 from node.config import HL7Output
 from node.outputs.amend import replaced_control_id
-from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label, utc
+from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
 from node.outputs.source import SourceStudy, output_identity
 
 HL7_VERSION = "2.5.1"
@@ -96,13 +98,30 @@ def _segment(name: str, *fields: str) -> str:
     return "|".join((name, *fields)).rstrip("|")
 
 
-def _ts(created_at: float) -> str:
-    """HL7 TS in UTC with an explicit offset, so the RIS never guesses the zone."""
-    return utc(created_at).strftime("%Y%m%d%H%M%S") + "+0000"
+def message_zone(setting: str) -> tzinfo | None:
+    """The zone of ``[outputs.hl7] timezone`` ("local", "UTC", "+0530", "Europe/Berlin"); None is the
+    node's local zone, taken per instant so daylight saving time gets its own offset."""
+    if setting == "local":
+        return None
+    if setting == "UTC":
+        return timezone.utc
+    if re.fullmatch(r"[+-]\d{4}", setting):
+        minutes = int(setting[1:3]) * 60 + int(setting[3:])
+        return timezone(timedelta(minutes=minutes if setting[0] == "+" else -minutes))
+    return ZoneInfo(setting)
 
 
-def _study_ts(source: SourceStudy) -> str:
-    """StudyDate/StudyTime as HL7 DTM (local time of the modality, offset when DICOM gives one)."""
+def _ts(created_at: float, zone: tzinfo | None) -> str:
+    """HL7 TS (DTM to the second) in the message's zone with its offset, so the RIS never guesses
+    the zone; a pure function of the journal time, so a resend is byte-identical."""
+    when = datetime.fromtimestamp(created_at, tz=zone) if zone else datetime.fromtimestamp(created_at).astimezone()
+    return when.strftime("%Y%m%d%H%M%S%z")
+
+
+def _study_ts(source: SourceStudy, zone: tzinfo | None) -> str:
+    """StudyDate/StudyTime as HL7 DTM: the modality's local time with the offset DICOM gives
+    (TimezoneOffsetFromUTC), else with the message zone's offset for that date and time (the node
+    takes the modality's clock to be in its zone, as the SRs do); a date alone has no offset."""
     date = str(source.get("StudyDate", "")).strip()
     if not re.fullmatch(r"\d{8}", date):
         return ""
@@ -110,7 +129,15 @@ def _study_ts(source: SourceStudy) -> str:
     if not re.fullmatch(r"(\d\d){0,3}", time_digits):
         time_digits = ""
     offset = str(source.get("TimezoneOffsetFromUTC", "")).strip()
-    return date + time_digits + (offset if re.fullmatch(r"[+-]\d{4}", offset) else "")
+    if re.fullmatch(r"[+-]\d{4}", offset):
+        return date + time_digits + offset
+    if not time_digits:
+        return date
+    try:
+        wall = datetime.strptime(date + time_digits.ljust(6, "0"), "%Y%m%d%H%M%S")
+    except ValueError:  # not a real date or time (month 13, hour 25): sent as the images have it
+        return date + time_digits
+    return date + time_digits + (wall.replace(tzinfo=zone) if zone else wall.astimezone()).strftime("%z")
 
 
 def _term_code(term_id: str) -> Coded:
@@ -136,18 +163,21 @@ def _local(code: str, text: str) -> Coded:
 
 
 class _Observations:
-    """Collects OBX segments, numbering OBX-1 in order."""
+    """Collects OBX segments, numbering OBX-1 in order; ``analysed`` (the result's time, as MSH-7)
+    is OBX-19, date/time of the analysis."""
 
-    def __init__(self, status: str = "P") -> None:
+    def __init__(self, status: str = "P", analysed: str = "") -> None:
         self.segments: list[str] = []
         self._count = 0
         self.status = status  # OBX-11: P preliminary (also when it replaces an earlier AI result)
+        self.analysed = analysed
 
     def add(self, value_type: str, ident: Coded, sub_id: str, value: str,
             method: Coded | None = None) -> None:
         self._count += 1
         fields = [str(self._count), value_type, ident.er7(), sub_id, value,
-                  "", "", "", "", "", self.status, "", "", "", "", "", method.er7() if method else ""]
+                  "", "", "", "", "", self.status, "", "", "", "", "", method.er7() if method else "",
+                  "", self.analysed]
         self.segments.append(_segment("OBX", *fields))
 
 
@@ -196,7 +226,8 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
     patient_id = str(source.get("PatientID", "")).strip()
     if not patient_id:
         raise NotApplicable("the source study has no PatientID; an ORU^R01 needs PID-3")
-    now = _ts(created_at)
+    zone = message_zone(settings.timezone)
+    now = _ts(created_at, zone)
     accession = escape(str(source.get("AccessionNumber", "")).strip())
     # Always preliminary: a changed result replaces the earlier preliminary AI result (same filler
     # order number in ai_result mode, an NTE naming the replaced message); C is for final results.
@@ -217,9 +248,9 @@ def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, 
                  escape(SOFTWARE_VERSION)),
         _pid(source, patient_id),
         _segment("ORC", "RE", placer, filler, "", "", "", "", "", now),
-        _obr(source, placer, filler, service, accession, now, status, parent_result, parent),
+        _obr(source, placer, filler, service, accession, now, status, parent_result, parent, zone),
         *_notes(result),
-        *_observations(source, result, status),
+        *_observations(source, result, status, now),
     ]
     text = "\r".join(body)
     charset = "" if text.isascii() else UTF8
@@ -273,13 +304,13 @@ def _procedure(source: SourceStudy, settings: HL7Output) -> Coded:
 
 
 def _obr(source: SourceStudy, placer: str, filler: str, service: Coded, accession: str, now: str,
-         status: str, parent_result: str, parent: str) -> str:
+         status: str, parent_result: str, parent: str, zone: tzinfo | None = None) -> str:
     fields = [""] * 29
     fields[0] = "1"
     fields[1] = placer  # OBR-2 placer order number (empty for an AI result: nobody ordered it)
     fields[2] = filler  # OBR-3 filler order number
     fields[3] = service.er7()  # OBR-4 universal service ID
-    fields[6] = _study_ts(source)  # OBR-7 observation date/time
+    fields[6] = _study_ts(source, zone)  # OBR-7 observation date/time
     fields[17] = accession  # OBR-18 placer field 1: the exam's accession number
     fields[21] = now  # OBR-22 results report/status change
     fields[24] = status  # OBR-25 result status: P preliminary (node.outputs.amend)
@@ -301,8 +332,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
     return [_segment("NTE", str(i), "L", escape(text)) for i, text in enumerate(notes, 1)]
 
 
-def _observations(source: SourceStudy, result: dict[str, Any], status: str = "P") -> list[str]:
-    obs = _Observations(status)
+def _observations(source: SourceStudy, result: dict[str, Any], status: str = "P", analysed: str = "") -> list[str]:
+    obs = _Observations(status, analysed)
     status = str(result.get("status") or "complete")
     obs.add("CWE", _local("AI-STATUS", "AI result status"), "",
             _local(status, _STATUS_TEXT.get(status, status)).er7())

@@ -24,13 +24,15 @@ from pydicom.dataset import Dataset
 from node.config import Settings
 from node.fsutil import write_atomic
 from node.journal import Journal
-from node.outputs.common import NotApplicable, installation_device_uid
+from node.outputs.common import TID1500_KINDS, NotApplicable, installation_device_uid, report_family
 from node.outputs.source import SourceStudy
 
 log = logging.getLogger("mammo_node.outputs")
 
 HL7_DESTINATION = "hl7"
-SR_KINDS = ("tid1500", "tid4000")
+IMAGE_KINDS = ("gsps", "heatmap_sc")  # one instance per source image (node.outputs.gsps, .heatmap_sc)
+SR_KINDS = (*TID1500_KINDS.values(), "tid4000")  # one TID 1500 kind per SOP class a destination takes
+_TID1500_CLASS = {kind: name for name, kind in TID1500_KINDS.items()}
 
 
 class OutputSuperseded(Exception):
@@ -51,12 +53,32 @@ def device_uid(settings: Settings) -> str:
 
 
 def build_output(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
-                 settings: Settings) -> tuple[str, bytes]:
-    """(identity, payload bytes) of one output kind; raises NotApplicable where it has nothing to say."""
-    if kind == "tid1500":
+                 settings: Settings, identity: str | None = None) -> tuple[str, bytes]:
+    """(identity, payload bytes) of one output kind; raises NotApplicable where it has nothing to say.
+    Kinds with one instance per source image (IMAGE_KINDS) build the one planned as ``identity``."""
+    if kind == "gsps":
+        from node.outputs.gsps import build_presentation_state
+
+        try:
+            ds = build_presentation_state(source, result, created_at=created_at, device_uid=device_uid(settings),
+                                          identity=str(identity))
+        except LookupError:
+            raise OutputSuperseded("the study was processed again with a different result") from None
+        return str(ds.SOPInstanceUID), _dicom_bytes(ds)
+    if kind == "heatmap_sc":
+        from node.outputs.heatmap_sc import build_secondary_capture
+
+        try:
+            ds = build_secondary_capture(source, result, created_at=created_at, device_uid=device_uid(settings),
+                                         identity=str(identity))
+        except LookupError:
+            raise OutputSuperseded("the study was processed again with a different result") from None
+        return str(ds.SOPInstanceUID), _dicom_bytes(ds)
+    if kind in _TID1500_CLASS:
         from node.outputs.sr_tid1500 import build_tid1500_sr
 
-        ds = build_tid1500_sr(source, result, created_at=created_at, device_uid=device_uid(settings))
+        ds = build_tid1500_sr(source, result, created_at=created_at, device_uid=device_uid(settings),
+                              sop_class=_TID1500_CLASS[kind])
         return str(ds.SOPInstanceUID), _dicom_bytes(ds)
     if kind == "tid4000":
         from node.outputs.sr_cad import build_mammography_cad_sr
@@ -79,7 +101,7 @@ def planned_document(kind: str, source: SourceStudy, result: dict[str, Any], cre
     from node.outputs.amend import SR_SOP_CLASSES, document_numbers
     from node.outputs.source import document_identity
 
-    if kind == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
+    if report_family(kind) == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
         raise NotApplicable("no model ran (views missing): no TID 1500 SR")
     ident = document_identity(source, result, kind, created_at, device_uid=device, extra=[SR_SOP_CLASSES[kind]])
     series_number, instance_number = document_numbers(result, kind, ident.series_instance_uid)
@@ -161,8 +183,10 @@ class OutputPreparer:
         return bool(self.settings.outputs.dicom) or self.settings.outputs.hl7 is not None
 
     def _wanted(self) -> list[tuple[str, str]]:
-        """(destination, kind) pairs, in configuration order."""
-        pairs = [(d.name, kind) for d in self.settings.outputs.dicom for kind in d.reports]
+        """(destination, kind) pairs, in configuration order; a destination's TID 1500 is the kind of
+        the SOP class it stores (its ``tid1500_sop_class``)."""
+        pairs = [(d.name, TID1500_KINDS[d.tid1500_sop_class] if kind == "tid1500" else kind)
+                 for d in self.settings.outputs.dicom for kind in d.reports]
         if self.settings.outputs.hl7 is not None:
             pairs.append((HL7_DESTINATION, "oru"))
         return pairs
@@ -176,7 +200,7 @@ class OutputPreparer:
         journaled at ``created_at``. Each planned SR is recorded in ``result["documents"]`` (UIDs,
         SOP class, numbers), so a later result of the study can name it as its predecessor."""
         rows: list[dict[str, Any]] = []
-        identities: dict[str, str | None] = {}
+        identities: dict[str, str | list[str] | None] = {}
         documents: dict[str, dict[str, Any]] = {}
         for destination, kind in self._wanted():
             if kind not in identities:
@@ -185,13 +209,20 @@ class OutputPreparer:
                         documents[kind] = planned_document(kind, source, result, created_at,
                                                            device_uid(self.settings))
                         identities[kind] = str(documents[kind]["sop_instance_uid"])
+                    elif kind in IMAGE_KINDS:
+                        from node.outputs.gsps import planned_states
+                        from node.outputs.heatmap_sc import planned_captures
+
+                        plan = planned_states if kind == "gsps" else planned_captures
+                        identities[kind] = [uid for _, uid in plan(source, result, created_at,
+                                                                   device_uid(self.settings))]
                     else:
                         identities[kind] = planned_identity(kind, source, result, created_at, self.settings)
                 except NotApplicable as exc:
                     log.info("no %s output for this result: %s", kind, exc)
                     identities[kind] = None
-            identity = identities[kind]
-            if identity is not None:
+            planned = identities[kind]
+            for identity in planned if isinstance(planned, list) else [] if planned is None else [planned]:
                 rows.append({"destination": destination, "kind": kind, "identity": identity,
                              "payload": self.payload_path(kind, identity)})
         if documents:
@@ -208,7 +239,7 @@ class OutputPreparer:
         source = self.sources.get(journal, self.settings.data_dir, study_uid)
         if result is None or created_at is None or source is None:
             raise OutputSuperseded("the study's result or its images are no longer in the journal")
-        built_identity, payload = build_output(kind, source, result, created_at, self.settings)
+        built_identity, payload = build_output(kind, source, result, created_at, self.settings, identity)
         if built_identity != identity:
             raise OutputSuperseded("the study was processed again with a different result; "
                                    "its new outputs are queued separately")

@@ -65,6 +65,7 @@ class SourceImage:
 
     position: str  # "R-CC", "R-MLO", "L-CC", "L-MLO"
     dataset: Dataset  # header only
+    path: Path | None = None  # the stored file, for the outputs that need its pixels (heatmap_sc)
 
     @property
     def laterality(self) -> str:
@@ -196,7 +197,7 @@ class SourceStudy:
         for position in POSITIONS:
             if position in paths:
                 ds = pydicom.dcmread(paths[position], stop_before_pixels=True)
-                images.append(SourceImage(position, ds))
+                images.append(SourceImage(position, ds, Path(paths[position])))
         if not images:
             raise ValueError("a result needs at least one source image")
         return cls(str(images[0].dataset.StudyInstanceUID), tuple(images))
@@ -274,6 +275,9 @@ def stamp(created_at: float, source: SourceStudy) -> Stamp:
 # What of the result an SR shows (the rest, e.g. processing seconds, never reaches its bytes).
 _DOCUMENT_RESULT_KEYS = ("status", "missing_views", "breasts", "disagreements", "report", "models",
                          "replaces", "preliminary")
+# CAD marks (node.marks) and whether localisation was attempted: part of the identity only when the
+# result has them, so results journaled before they existed keep the UIDs they were planned with.
+_OPTIONAL_RESULT_KEYS = ("localization", "marks")
 
 
 def document_identity(source: SourceStudy, result: dict[str, Any], kind: str, created_at: float,
@@ -289,7 +293,8 @@ def document_identity(source: SourceStudy, result: dict[str, Any], kind: str, cr
     when = stamp(created_at, source)
     text = json.dumps({
         "study": source.study_uid, "kind": kind,
-        "result": {key: result.get(key) for key in _DOCUMENT_RESULT_KEYS},
+        "result": {**{key: result.get(key) for key in _DOCUMENT_RESULT_KEYS},
+                   **{key: result[key] for key in _OPTIONAL_RESULT_KEYS if key in result}},
         "images": [[i.position, i.sop_class_uid, i.series_instance_uid, i.sop_instance_uid] for i in source.images],
         "headers": source.header_digest(), "stamp": [when.datetime, when.offset],
         "software": SOFTWARE_VERSION, "device": device_uid, "extra": list(extra),

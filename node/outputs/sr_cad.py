@@ -6,11 +6,13 @@ highdicom's content items following PS3.16 TID 4000-4023, and the SR modules of 
 are set on a plain pydicom Dataset. docs/sr-tid4000.md lists the tree with every code.
 
 What TID 4000 cannot hold is said, never invented: a Single Image Finding must have a Center
-point on an image (TID 4006 row 8, TID 4021), and our findings come from report text without
-coordinates, so they are written in the Impression Description of their breast; only breast
-composition (which needs no geometry) is a coded Single Image Finding. With no CAD mark encoded,
-the CAD Processing and Findings Summary never says "with findings", and the overall Impression
-Description says what was and was not attempted. The document is in the
+point on an image (TID 4006 row 8, TID 4021), and the report's findings come from text without
+coordinates, so they are written in the Impression Description of their breast. The CAD marks of
+a VersaMammo package with a lesion map (node.marks: a region and a centre on a source image, a
+kind, a score) are Single Image Findings with their Center and Outline on that image; breast
+composition (which needs no geometry) is one too. The CAD Processing and Findings Summary says
+"with findings" only when a mark is encoded, and the overall Impression Description says what was
+and was not attempted. The document is in the
 source study, in its own series, UNVERIFIED, with the preliminary-AI disclaimer; UIDs and dates
 come from the result, so building it twice gives the same bytes.
 """
@@ -22,8 +24,10 @@ from datetime import date, time
 from typing import Any, Iterable, Sequence
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentItem, ContentSequence,
-                          DateContentItem, ImageContentItem, NumContentItem, TextContentItem, TimeContentItem)
+                          DateContentItem, ImageContentItem, NumContentItem, ScoordContentItem, TextContentItem,
+                          TimeContentItem)
 from highdicom.sr import RelationshipTypeValues as Rel
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
@@ -75,6 +79,10 @@ SUCCEEDED = CodedConcept("111222", "DCM", "Succeeded")  # CID 6042
 NOT_ATTEMPTED = CodedConcept("111225", "DCM", "Not Attempted")
 WITHOUT_FINDINGS = CodedConcept("111241", "DCM", "All algorithms succeeded; without findings")
 NONE_SUCCEEDED = CodedConcept("111245", "DCM", "No algorithms succeeded; without findings")
+WITH_FINDINGS = CodedConcept("111242", "DCM", "All algorithms succeeded; with findings")
+CENTER = CodedConcept("111010", "DCM", "Center")  # TID 4021 row 1
+OUTLINE = CodedConcept("111041", "DCM", "Outline")  # TID 4021 row 2
+CERTAINTY_OF_FINDING = CodedConcept("111012", "DCM", "Certainty of Finding")  # TID 4006: the mark's score
 PERCENT = _concept(codes.UCUM.Percent)
 MILLIMETER = CodedConcept("mm", "UCUM", "millimeter")
 LIBRARY_CONTEXT = {  # TID 4020 rows: (concept, header keyword), each present when the image has it
@@ -99,6 +107,12 @@ _NONE_REPORTED = "none reported"
 ATTEMPTED = ("CAD processing: breast composition and BI-RADS assessment per breast were attempted and succeeded. "
              "Lesion detection and localization were not attempted: there are no CAD marks. Findings named "
              "below come from the generated report text and are not localized.")
+ATTEMPTED_MARKS = ("CAD processing: breast composition and BI-RADS assessment per breast were attempted and "
+                   "succeeded. Lesion detection and localization (the classifier's lesion map) were attempted and "
+                   "succeeded: {marks} at lesion-map probability >= {threshold}, encoded as Single Image Findings "
+                   "with their region on the image; a mark's kind is the classifier's most probable lesion kind "
+                   "on that image. Findings named below come from the generated report text and are not "
+                   "localized.")
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -237,7 +251,7 @@ def _overall_text(result: dict[str, Any], without_individual: Iterable[str]) -> 
     missing = ", ".join(result.get("missing_views") or [])
     lines = [DISCLAIMER]
     if status != "incomplete":
-        lines.append(ATTEMPTED)
+        lines.append(_attempted(result))
     if status == "incomplete":
         lines.append(f"Not processed: views missing ({missing}); no model ran, so there is no AI result.")
     elif missing:
@@ -253,6 +267,40 @@ def _overall_text(result: dict[str, Any], without_individual: Iterable[str]) -> 
     return "\n".join(lines)
 
 
+def _attempted(result: dict[str, Any]) -> str:
+    """What the CAD attempted: with a lesion map, the marks and their threshold too."""
+    localization = result.get("localization") or {}
+    if not localization.get("attempted"):
+        return ATTEMPTED
+    n = len(result.get("marks") or [])
+    marks = "no CAD mark" if n == 0 else "1 CAD mark" if n == 1 else f"{n} CAD marks"
+    return ATTEMPTED_MARKS.format(marks=marks, threshold=f"{float(localization['mark_threshold']):g}")
+
+
+def _breast_marks(side: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in result.get("marks") or [] if m["position"].startswith(side + "-")]
+
+
+def _mark_finding(mark: dict[str, Any], image: SourceImage, versions: dict[str, str]) -> CodeContentItem:
+    """TID 4006 for one CAD mark: its kind (CID 6014), rendering intent, the classifier as algorithm,
+    its score as Certainty of Finding, and TID 4021: the Center POINT and the Outline (the region's
+    closed rectangle) on the source image, in its pixel coordinates."""
+    props = Rel.HAS_PROPERTIES
+    x0, y0, x1, y1 = (float(v) for v in mark["box"])
+    geometry = []
+    for name, kind, data in ((CENTER, "POINT", [mark["center"]]),
+                             (OUTLINE, "POLYLINE", [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])):
+        item = ScoordContentItem(name, kind, np.asarray(data, dtype=float), relationship_type=props)
+        item.ContentSequence = ContentSequence([_image(image, Rel.SELECTED_FROM)])
+        geometry.append(item)
+    children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD),
+                *_algorithm(versions, "versamammo", props),
+                NumContentItem(CERTAINTY_OF_FINDING, round(100.0 * float(mark["score"]), 2), PERCENT,
+                               relationship_type=props),
+                *geometry]
+    return _code(SINGLE_IMAGE_FINDING, C.mark_concept(mark["kind"]), Rel.CONTAINS, children)
+
+
 def _composition_finding(breast: dict[str, Any], versions: dict[str, str]) -> CodeContentItem:
     """TID 4006 with value Breast composition: the one Single Image Finding that needs no geometry
     (row 8); TID 4007 carries the ACR category (CID 6000)."""
@@ -263,8 +311,9 @@ def _composition_finding(breast: dict[str, Any], versions: dict[str, str]) -> Co
     return _code(SINGLE_IMAGE_FINDING, C.BREAST_COMPOSITION, Rel.CONTAINS, children)
 
 
-def _individual(side: str, breast: dict[str, Any], result: dict[str, Any]) -> ContainerContentItem:
-    """TID 4003 for one breast: rendering intent, TID 4002 body, the composition finding."""
+def _individual(side: str, breast: dict[str, Any], result: dict[str, Any],
+                source: SourceStudy) -> ContainerContentItem:
+    """TID 4003 for one breast: rendering intent, TID 4002 body, the composition finding, the CAD marks."""
     versions = result.get("models") or {}
     body: list[ContentItem] = []
     if breast.get("birads"):
@@ -278,17 +327,22 @@ def _individual(side: str, breast: dict[str, Any], result: dict[str, Any]) -> Co
     kinds = [k for k in _model_kinds(result) if k in used]
     for kind in kinds or _model_kinds(result):
         body += _algorithm(versions, kind, Rel.CONTAINS)
-    children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD), *body,
-                _composition_finding(breast, versions)]
+    children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD), *body]
+    if breast.get("density"):
+        children.append(_composition_finding(breast, versions))
+    images = {i.position: i for i in source.images}
+    children += [_mark_finding(m, images[m["position"]], versions) for m in _breast_marks(side, result)
+                 if m["position"] in images]
     return _container(INDIVIDUAL_IMPRESSION, Rel.INFERRED_FROM, children, continuous=True)
 
 
-def _cad_summary(result: dict[str, Any]) -> CodeContentItem:
+def _cad_summary(result: dict[str, Any], source: SourceStudy) -> CodeContentItem:
     """TID 4001: the processing summary, the overall TID 4002 body (both breasts' BI-RADS, the
     report text and disclaimer, the algorithms) and one TID 4003 per breast with a composition."""
     breasts = result.get("breasts") or {}
     kinds = _model_kinds(result)
-    individual = [side for side in SIDES if breasts.get(side, {}).get("density")]
+    individual = [side for side in SIDES if side in breasts
+                  and (breasts[side].get("density") or _breast_marks(side, result))]
     body: list[ContentItem] = [_assessment(side, breasts[side]["birads"], Rel.HAS_PROPERTIES)
                                for side in SIDES if breasts.get(side, {}).get("birads")]
     body.append(TextContentItem(IMPRESSION_DESCRIPTION,
@@ -296,11 +350,11 @@ def _cad_summary(result: dict[str, Any]) -> CodeContentItem:
                                 Rel.HAS_PROPERTIES))
     for kind in kinds or [NODE_KIND]:
         body += _algorithm(result.get("models") or {}, kind, Rel.HAS_PROPERTIES)
-    children = body + [_individual(side, breasts[side], result) for side in individual]
+    children = body + [_individual(side, breasts[side], result, source) for side in individual]
     # CID 6047 "with findings" makes a workstation look for CAD marks (Single Image Findings and
-    # Composite Features with a location). None is encoded (module doc), so the summary never
-    # says so; what was and was not attempted is said in the overall Impression Description.
-    value = WITHOUT_FINDINGS if kinds else NONE_SUCCEEDED
+    # Composite Features with a location): said only when a mark is encoded; what was and was not
+    # attempted is said in the overall Impression Description.
+    value = (WITH_FINDINGS if result.get("marks") else WITHOUT_FINDINGS) if kinds else NONE_SUCCEEDED
     return _code(CAD_SUMMARY, value, Rel.CONTAINS, children)
 
 
@@ -320,8 +374,11 @@ def _summaries(result: dict[str, Any], source: SourceStudy) -> list[CodeContentI
     if not kinds:
         return [_code(SUMMARY_OF_DETECTIONS, NOT_ATTEMPTED, Rel.CONTAINS),
                 _code(SUMMARY_OF_ANALYSES, NOT_ATTEMPTED, Rel.CONTAINS)]
-    detections = _container(SUCCESSFUL_DETECTIONS, Rel.INFERRED_FROM, [
-        _performed(DETECTION_PERFORMED, C.BREAST_COMPOSITION, k, result, source) for k in kinds])
+    performed = [_performed(DETECTION_PERFORMED, C.BREAST_COMPOSITION, k, result, source) for k in kinds]
+    if (result.get("localization") or {}).get("attempted") and "versamammo" in kinds:  # the lesion map
+        performed += [_performed(DETECTION_PERFORMED, C.mark_concept(kind), "versamammo", result, source)
+                      for kind in C.MARK_TERMS]
+    detections = _container(SUCCESSFUL_DETECTIONS, Rel.INFERRED_FROM, performed)
     analyses = _container(SUCCESSFUL_ANALYSES, Rel.INFERRED_FROM, [
         _performed(ANALYSIS_PERFORMED, INDIVIDUAL_ANALYSIS, k, result, source) for k in kinds])
     return [_code(SUMMARY_OF_DETECTIONS, SUCCEEDED, Rel.CONTAINS, [detections]),
@@ -332,7 +389,7 @@ def _content_root(source: SourceStudy, result: dict[str, Any]) -> ContainerConte
     library = _container(IMAGE_LIBRARY, Rel.CONTAINS, [_library_entry(i) for i in source.images])
     tag, meaning = report_language(result)
     language = hd.sr.LanguageOfContentItemAndDescendants(CodedConcept(tag, "RFC5646", meaning))
-    children = [*language, library, _cad_summary(result),
+    children = [*language, library, _cad_summary(result, source),
                 *_summaries(result, source)]
     return _container(REPORT, None, children, template_id="4000")
 
@@ -542,6 +599,7 @@ def read_mammography_cad_sr(ds: Dataset) -> dict[str, Any]:
     if str(ds.get("SOPClassUID", "")) != SOP_CLASS_UID or _code_of(ds)[0] != REPORT.value:
         raise ValueError("not a Mammography CAD SR (TID 4000)")
     images: list[dict[str, str]] = []
+    marks: list[dict[str, Any]] = []
     breasts: dict[str, dict[str, Any]] = {}
     models: dict[str, str] = {}
     summary = None
@@ -565,9 +623,40 @@ def read_mammography_cad_sr(ds: Dataset) -> dict[str, Any]:
             _read_algorithms(body, models)
             for individual in (c for c in _children(item) if _code_of(c)[0] == INDIVIDUAL_IMPRESSION.value):
                 _read_individual(individual, breasts)
+                marks += _read_marks(individual)
+    positions = {i["sop_instance_uid"]: i["position"] for i in images}
+    for mark in marks:
+        mark["position"] = positions.get(mark["sop_instance_uid"])
     return {"study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
             "sop_instance_uid": str(ds.SOPInstanceUID), "summary": summary, "models": models,
-            "breasts": breasts, "images": images}
+            "breasts": breasts, "images": images, "marks": marks}
+
+
+def _read_marks(container: Dataset) -> list[dict[str, Any]]:
+    """The CAD marks of a TID 4003: kind, score, centre, outline's box and the image they are on."""
+    out = []
+    for finding in _children(container):
+        if _code_of(finding)[0] != SINGLE_IMAGE_FINDING.value:
+            continue
+        value, scheme, _ = _code_of(finding, "ConceptCodeSequence")
+        kind = C.mark_kind(value, scheme)
+        if kind is None:
+            continue
+        mark: dict[str, Any] = {"kind": kind}
+        for prop in _children(finding):
+            code = _code_of(prop)[0]
+            if code == CERTAINTY_OF_FINDING.value:
+                mark["score"] = float(prop.MeasuredValueSequence[0].NumericValue) / 100.0
+            elif code in (CENTER.value, OUTLINE.value):
+                points = np.asarray(prop.GraphicData, dtype=float).reshape(-1, 2)
+                mark["sop_instance_uid"] = str(prop.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                if code == CENTER.value:
+                    mark["center"] = [float(points[0, 0]), float(points[0, 1])]
+                else:
+                    mark["box"] = [float(points[:, 0].min()), float(points[:, 1].min()),
+                                   float(points[:, 0].max()), float(points[:, 1].max())]
+        out.append(mark)
+    return out
 
 
 def _read_body(body: list[Dataset], breasts: dict[str, dict[str, Any]]) -> str | None:

@@ -1,4 +1,5 @@
-"""The result as a TID 1500 Measurement Report in a Comprehensive 3D SR (IHE AI Results), via highdicom.
+"""The result as a TID 1500 Measurement Report in a Comprehensive 3D SR (IHE AI Results), via highdicom;
+or in Comprehensive / Enhanced SR for a destination that stores no 3D SR (same content).
 
 Content tree (docs/dicom-sr.md shows it with every code):
 
@@ -8,7 +9,7 @@ Content tree (docs/dicom-sr.md shows it with every code):
 - per breast a TID 1501 assessment group: tracking identifier and UID, Finding Breast, finding
   site Breast with laterality, algorithm identification (TID 4019), Assessment Category (BI-RADS),
   Breast composition (density), and the classifier's probability of a BI-RADS 4 or 5 category
-  under our own concept (it is not a probability of cancer);
+  under our own concept (it is not a probability of cancer), and the breast's images as its source;
 - then one TID 1501 group per reported finding (row 3b allows one Finding per group): its own
   tracking identifier and UID, the finding, finding sites with laterality and topographical
   modifiers (clock, depth, direction), descriptors and certainty as qualitative evaluations;
@@ -35,13 +36,19 @@ from models import lexicon
 from node.outputs import codes as C
 from node.outputs.amend import document_numbers, predecessor_documents
 from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION, SOFTWARE_VERSION,
-                                 NotApplicable, completion, model_label, report_language)
-from node.outputs.source import SourceStudy, derived_uid, document_identity, stamp
+                                 TID1500_KINDS, TID1500_SOP_CLASSES, NotApplicable, completion, model_label,
+                                 report_language)
+from node.outputs.roi_groups import read_region_groups, region_groups
+from node.outputs.source import SourceImage, SourceStudy, derived_uid, document_identity, stamp
 
 KIND = "tid1500"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPREHENSIVE_SR = TID1500_SOP_CLASSES["comprehensive"]
+COMPREHENSIVE_3D_SR = TID1500_SOP_CLASSES["comprehensive3d"]
+ENHANCED_SR = TID1500_SOP_CLASSES["enhanced"]
 SOP_CLASS_UID = COMPREHENSIVE_3D_SR  # IHE AI Results (AIR) sends TID 1500 as Comprehensive 3D SR
+# highdicom's class per ``[[outputs.dicom]] tid1500_sop_class``: the content is the same in each.
+_SR_CLASSES: dict[str, type[hd.sr.EnhancedSR | hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR]] = {
+    "comprehensive3d": hd.sr.Comprehensive3DSR, "comprehensive": hd.sr.ComprehensiveSR, "enhanced": hd.sr.EnhancedSR}
 _SIDE_NAMES = {"R": "right breast", "L": "left breast"}
 
 
@@ -82,10 +89,13 @@ def _finding_sites(side: str, locations: list[str]) -> list[hd.sr.FindingSite]:
 
 
 def _finding_group(study_uid: str, side: str, index: int, finding: dict[str, Any],
-                   algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+                   algorithm: hd.sr.AlgorithmIdentification,
+                   sources: list[hd.sr.SourceImageForMeasurementGroup] | None = None,
+                   ) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
     """One TID 1501 group per reported finding: its own tracking identifier and UID, the finding
-    (row 3b, once), where it is (finding sites), and its descriptors and certainty as qualitative
-    evaluations. None for a finding kind without a code (it stays in the report text)."""
+    (row 3b, once), where it is (finding sites), the breast's images it was read from (IHE AIR's
+    image references), and its descriptors and certainty as qualitative evaluations. None for a
+    finding kind without a code (it stays in the report text)."""
     concept = C.term_concept(finding["kind"])
     if concept is None:
         return None
@@ -106,6 +116,7 @@ def _finding_group(study_uid: str, side: str, index: int, finding: dict[str, Any
         finding_sites=_finding_sites(side, list(finding.get("locations", []))),
         algorithm_id=algorithm,
         qualitative_evaluations=evaluations or None,
+        source_images=sources or None,
     )
 
 
@@ -118,10 +129,12 @@ def _term_name(term_id: str) -> str:
 
 def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
                   algorithm: hd.sr.AlgorithmIdentification,
-                  classifier_algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+                  classifier_algorithm: hd.sr.AlgorithmIdentification,
+                  sources: list[hd.sr.SourceImageForMeasurementGroup] | None = None,
+                  ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """The breast's assessment (TID 1501, Finding = Breast): BI-RADS, composition, and the
     classifier's probability mass on BI-RADS 4 and 5 under our own concept (it is not a
-    probability of cancer)."""
+    probability of cancer), with the breast's images as its source (IHE AIR's image references)."""
     evaluations = []
     if breast.get("birads"):
         evaluations.append(hd.sr.QualitativeEvaluation(C.ASSESSMENT_CATEGORY, C.birads_concept(breast["birads"])))
@@ -142,28 +155,35 @@ def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
         algorithm_id=algorithm,
         qualitative_evaluations=evaluations or None,
         measurements=measurements or None,
+        source_images=sources or None,
     )
 
 
-def _groups(study_uid: str, result: dict[str, Any]) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """Per breast: its assessment group, then one group per finding (from the report: MammoRG)."""
+def _groups(study_uid: str, result: dict[str, Any],
+            images: tuple[SourceImage, ...] = ()) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Per breast: its assessment group, then one group per finding (from the report: MammoRG),
+    each naming the algorithm (TID 4019: name, version, manufacturer: the models are trained and
+    packaged by this project) and the breast's ``images`` it was read from."""
     versions = result.get("models", {})
     vm_name, vm_version = model_label(versions, "versamammo")
     rg_name, rg_version = model_label(versions, "mammorg")
-    both = hd.sr.AlgorithmIdentification(name=f"{vm_name}+{rg_name}"[:64], version=f"{vm_version}+{rg_version}"[:64])
-    classifier = hd.sr.AlgorithmIdentification(name=vm_name[:64], version=vm_version[:64])
-    generator = hd.sr.AlgorithmIdentification(name=rg_name[:64], version=rg_version[:64])
+    both = hd.sr.AlgorithmIdentification(name=f"{vm_name}+{rg_name}"[:64], version=f"{vm_version}+{rg_version}"[:64],
+                                         manufacturer=MANUFACTURER)
+    classifier = hd.sr.AlgorithmIdentification(name=vm_name[:64], version=vm_version[:64], manufacturer=MANUFACTURER)
+    generator = hd.sr.AlgorithmIdentification(name=rg_name[:64], version=rg_version[:64], manufacturer=MANUFACTURER)
     groups = []
     for side in ("R", "L"):
         breast = (result.get("breasts") or {}).get(side)
         if breast is None:
             continue
-        groups.append(_breast_group(study_uid, side, breast, both, classifier))
+        sources = [hd.sr.SourceImageForMeasurementGroup(i.sop_class_uid, i.sop_instance_uid)
+                   for i in images if i.laterality == side]
+        groups.append(_breast_group(study_uid, side, breast, both, classifier, sources))
         for index, finding in enumerate(breast.get("findings", []), start=1):
-            group = _finding_group(study_uid, side, index, finding, generator)
+            group = _finding_group(study_uid, side, index, finding, generator, sources)
             if group is not None:
                 groups.append(group)
-    return groups
+    return groups + region_groups(study_uid, result, images, classifier)  # CAD marks: TID 1410 each
 
 
 _ORIENTATION_ITEMS = ("111044", "111043")  # Patient Orientation Row / Column
@@ -234,17 +254,21 @@ def _text_container(result: dict[str, Any]) -> ContainerContentItem:
 
 
 def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float,
-                     device_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 SR for ``result`` (see the module docstring), Comprehensive 3D SR as IHE AIR
-    asks; ``created_at`` is the result's journal time and becomes the content date/time;
-    ``device_uid`` is the installation's Device Observer UID (node.outputs.common; builds outside a
-    node get a fixed one). Raises NotApplicable for a result without any model output (an
-    incomplete study under ``incomplete_policy = "report"``)."""
+                     device_uid: str | None = None, sop_class: str = "comprehensive3d",
+                     ) -> hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR:
+    """The TID 1500 SR for ``result`` (see the module docstring), in ``sop_class``: Comprehensive 3D
+    SR as IHE AIR asks, or Comprehensive / Enhanced SR for a PACS that stores no 3D SR (a document of
+    its own: own UIDs and predecessors, node.outputs.common.TID1500_KINDS); ``created_at`` is the
+    result's journal time and becomes the content date/time; ``device_uid`` is the installation's
+    Device Observer UID (node.outputs.common; builds outside a node get a fixed one). Raises
+    NotApplicable for a result without any model output (an incomplete study under
+    ``incomplete_policy = "report"``)."""
     if result.get("status") == "incomplete" or not result.get("breasts"):
         raise NotApplicable("no model ran (views missing): the HL7 result says so, no SR is made")
     device_uid = device_uid or derived_uid("device", DEVICE_NAME)
-    identity = document_identity(source, result, KIND, created_at, device_uid=device_uid, extra=[SOP_CLASS_UID])
-    series_number, instance_number = document_numbers(result, KIND, identity.series_instance_uid)
+    kind, sop_class_uid = TID1500_KINDS[sop_class], TID1500_SOP_CLASSES[sop_class]
+    identity = document_identity(source, result, kind, created_at, device_uid=device_uid, extra=[sop_class_uid])
+    series_number, instance_number = document_numbers(result, kind, identity.series_instance_uid)
     versions = result.get("models", {})
     vm_name, vm_version = model_label(versions, "versamammo")
     rg_name, rg_version = model_label(versions, "mammorg")
@@ -253,7 +277,7 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
         uid=device_uid, name=DEVICE_NAME, manufacturer_name=MANUFACTURER, model_name=models_text[:64])
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    groups = _groups(source.study_uid, result)
+    groups = _groups(source.study_uid, result, source.images)
     tag, meaning = report_language(result)
     language = CodedConcept(tag, "RFC5646", meaning)
     report = hd.sr.MeasurementReport(
@@ -263,7 +287,7 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
     _describe_library_images(report[0], source)
     report[0].ContentSequence.append(_text_container(result))
     flag, flag_description = completion(result)
-    sr = hd.sr.Comprehensive3DSR(
+    sr = _SR_CLASSES[sop_class](
         evidence=[_for_highdicom(source, image) for image in source.images], content=report[0],
         series_instance_uid=identity.series_instance_uid, series_number=series_number,
         sop_instance_uid=identity.sop_instance_uid, instance_number=instance_number,
@@ -288,7 +312,7 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
     sr.CurrentRequestedProcedureEvidenceSequence = source.evidence()
     if requests := source.referenced_requests():
         sr.ReferencedRequestSequence = requests
-    if predecessors := predecessor_documents(result, KIND):  # this result replaces a delivered one
+    if predecessors := predecessor_documents(result, kind):  # this result replaces a delivered one
         sr.PredecessorDocumentsSequence = predecessors
     if C.uses_local_scheme(sr):  # BI-RADS 6, the classifier's BI-RADS 4/5 probability
         sr.CodingSchemeIdentificationSequence = [_local_scheme()]
@@ -360,12 +384,11 @@ def read_tid1500_sr(ds: Dataset) -> dict[str, Any]:
     """What a receiver reads back from our SR, through highdicom's public TID 1500 reader only (its
     properties warn where the SR breaks the template): per breast BI-RADS, density and findings,
     the model versions and the report text; the round-trip tests compare it with the result."""
-    if isinstance(ds, (hd.sr.ComprehensiveSR, hd.sr.Comprehensive3DSR)):
+    if isinstance(ds, (hd.sr.ComprehensiveSR, hd.sr.Comprehensive3DSR, hd.sr.EnhancedSR)):
         sr = ds
-    elif str(ds.SOPClassUID) == COMPREHENSIVE_3D_SR:
-        sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     else:
-        sr = hd.sr.ComprehensiveSR.from_dataset(ds)
+        by_uid = {uid: _SR_CLASSES[name] for name, uid in TID1500_SOP_CLASSES.items()}
+        sr = by_uid.get(str(ds.SOPClassUID), hd.sr.ComprehensiveSR).from_dataset(ds)
     report = sr.content
     breasts: dict[str, Any] = {}
     for group in report.get_image_measurement_groups():
@@ -394,4 +417,5 @@ def read_tid1500_sr(ds: Dataset) -> dict[str, Any]:
     device = report.get_observer_contexts()
     return {"study_uid": str(sr.StudyInstanceUID), "breasts": breasts,
             "findings_text": texts.get("findings"), "impression_text": texts.get("impressions"),
-            "models": str(device[0].observer_identifying_attributes.model_name) if device else None}
+            "models": str(device[0].observer_identifying_attributes.model_name) if device else None,
+            "marks": read_region_groups(sr)}

@@ -1,6 +1,8 @@
 """MammoRG export: prefix and KV-cache decoder reproduce torch; greedy decoding is token-identical."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,35 @@ def test_large_graphs_are_written_with_external_data(tmp_path):
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": np.ones((3, 64), np.float32)})[0]
     with torch.no_grad():
         assert np.allclose(out, layer(torch.ones(3, 64)).numpy(), atol=1e-5)
+
+
+def test_the_manifest_carries_the_encoders_preprocessing_both_ways(exported, tmp_path):
+    """Issue 20: a model trained on the official MammoRG geometry (shortest side, centre crop,
+    0.5/0.5) ships it in its manifest, golden vectors made that way; ours ships the student's."""
+    from models.mammorg import load_mammorg, save_mammorg
+    from models.mammorg_config import preprocess_config
+    from models.preprocess import PreprocessConfig, official_mammorg_config
+
+    model, ours = exported[0], exported[2].preprocessing
+    assert ours == student_preprocess_config(model.vision.cfg).to_dict() and ours["resize"] == "squash"
+    side = model.vision.cfg.student_input
+    official = official_mammorg_config(side).to_dict()
+    package = build_mammorg_package(tmp_path / "official", preprocessing=official)
+    manifest = read_manifest(package)
+    pre = PreprocessConfig.from_dict(manifest.data["preprocessing"])
+    assert (pre.resize, pre.mean, pre.std, pre.size) == ("crop", (0.5,), (0.5,), (side, side))
+    assert check_files(package, manifest) == []
+    # the golden views were made with the crop geometry, and the runner reproduces them
+    golden = np.load(package / manifest.data["golden"]["file"])
+    views, present = phantom_views(pre, 2)
+    np.testing.assert_array_equal(golden["views"], views)
+    assert not np.array_equal(views, phantom_views(PreprocessConfig.from_dict(ours), 2)[0])
+    assert MammoRGRunner(package, manifest, CPU, warm_up=False).preprocessing == manifest.data["preprocessing"]
+    # the setting survives save/load, and a size that is not the student's input is refused
+    crop_model, tokenizer = tiny_mammorg(0, preprocessing=official)
+    save_mammorg(crop_model, tmp_path / "saved", tokenizer)
+    loaded, _ = load_mammorg(tmp_path / "saved")
+    assert preprocess_config(loaded.cfg, loaded.vision.cfg) == pre
+    with pytest.raises(ValueError, match="does not match"):
+        preprocess_config(replace(loaded.cfg, preprocessing=official_mammorg_config(side + 8).to_dict()),
+                          loaded.vision.cfg)

@@ -9,6 +9,7 @@ import torch
 from models import lexicon
 from models.mammorg import build_mammorg, load_mammorg, save_mammorg, set_bank
 from models.mammorg_config import VIEWS, MammoRGConfig, config_for, config_from_dict
+from models.mammorg_edges import atlas_edges, complete_edges, edge_allowed
 from models.mammorg_knowledge import GRAPH_RELATIONS, adjacency, graph_terms
 from training.mammorg.terms import init_term_rows, mask_base_rows
 from training.mammorg.tokenizer import train_bpe, with_terms
@@ -66,7 +67,7 @@ def test_config_rejects_prompt_without_one_image_placeholder():
         config_from_dict({**config_for("tiny").to_dict(), "bogus": 1})
 
 
-def test_graph_has_the_70_terms_and_only_schema_relations():
+def test_graph_has_the_70_terms_and_only_graph_schema_relations():
     nodes = graph_terms()
     assert len(nodes) == 70
     adj = adjacency(nodes)
@@ -76,10 +77,41 @@ def test_graph_has_the_70_terms_and_only_schema_relations():
         heads, tails = torch.nonzero(adj[k], as_tuple=True)
         assert len(heads) > 0
         for i, j in zip(heads.tolist(), tails.tolist()):
-            assert lexicon.relation_allowed(nodes[i], relation, nodes[j])
+            assert edge_allowed(nodes[i], relation, nodes[j])
             assert adj[k + r, j, i] > 0  # the inverse relation carries the message back
     rows = adj.sum(-1)
     assert torch.all((rows == 0) | torch.isclose(rows, torch.ones_like(rows)))
+
+
+def test_default_graph_is_the_atlas_table_not_the_complete_schema():
+    nodes = graph_terms()
+    k = lexicon.RELATIONS.index("located_at")
+    atlas, complete = adjacency(nodes) > 0, adjacency(nodes, complete_edges()) > 0
+    assert int(complete[k].sum()) == 180 and int(atlas[k].sum()) < 180
+    i = nodes.index
+    assert atlas[k, i("skin_thickening"), i("skin")] and not atlas[k, i("skin_thickening"), i("uoq")]
+    assert complete[k, i("skin_thickening"), i("uoq")]
+    with pytest.raises(ValueError, match="unknown relation"):
+        adjacency(nodes, [("mass", "next_to", "uoq")])
+
+
+def test_graph_token_depends_on_the_edges(tokenizers):
+    """The same image tokens and node features give other graph tokens under another edge set,
+    and dropping a single edge changes the tokens of the views (the graph is not decoration)."""
+    model = _model(tokenizers)
+    raw, present = _tokens()
+    nodes = graph_terms()
+
+    def graph_tokens(edges) -> torch.Tensor:
+        model.adjacency.copy_(adjacency(nodes, edges))
+        return model.knowledge(model.tokens(raw, present))[0]
+
+    atlas = atlas_edges()
+    with_atlas, with_complete, with_none = graph_tokens(atlas), graph_tokens(complete_edges()), graph_tokens([])
+    one_less = graph_tokens([e for e in atlas if e[:3] != ("mass", "modified_by", "margin_spiculated")])
+    for other in (with_complete, with_none, one_less):
+        assert (other - with_atlas).abs().max() > 1e-4
+    torch.testing.assert_close(graph_tokens(atlas), with_atlas)  # deterministic: only the edges changed
 
 
 def test_prefix_layout_is_view_blocks_then_report_token(tokenizers):

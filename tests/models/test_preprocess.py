@@ -22,6 +22,7 @@ from models.preprocess import (
     breast_crop,
     chest_wall_side,
     decode,
+    official_mammorg_config,
     prepare_uint8,
     preprocess,
     resize,
@@ -90,7 +91,7 @@ def test_config_roundtrip_and_validation() -> None:
     assert d["size"] == [448, 384] and d["mean"] == list(NORM_IMAGENET[0])
     assert PreprocessConfig.from_dict(d) == cfg
     assert PreprocessConfig.from_dict({}) == PreprocessConfig()
-    for bad in ({"intensity": "gamma"}, {"resize": "crop"}, {"flip_to": "X"}, {"channels": 2},
+    for bad in ({"intensity": "gamma"}, {"resize": "stretch"}, {"flip_to": "X"}, {"channels": 2},
                 {"mean": (0.1, 0.2)}, {"std": (0.0,)}, {"threshold": 300}, {"size": (0, 5)}):
         with pytest.raises(ValueError):
             PreprocessConfig(**bad)
@@ -354,6 +355,30 @@ def test_pad_keeps_aspect_and_squash_fills(phantoms: dict[str, Path]) -> None:
     assert h == 256 and abs(w / h - (x1 - x0) / (y1 - y0)) < 0.02        # aspect kept (crop is tall)
     assert cols[0] == 0                                                  # left breast: against the chest wall
     assert squash.image[:, -1].max() > 0 and squash.image[:, 0].max() > 0   # squash spans the width
+
+
+def test_crop_mode_is_shortest_side_then_centre_crop(phantoms: dict[str, Path]) -> None:
+    """Official MammoRG geometry (Resize(512) + CenterCrop(512)) through the shared pipeline: the
+    tall breast crop keeps its aspect, fills the image and loses its top and bottom rows."""
+    ds = _read(phantoms["m2"], 0, "L-CC")
+    official = official_mammorg_config(128)
+    assert (official.resize, official.mean, official.std) == ("crop", (0.5,), (0.5,))
+    crop = prepare_uint8(ds, official)
+    squash = prepare_uint8(ds, PreprocessConfig(size=(128, 128)))
+    assert crop.crop_box == squash.crop_box and crop.image.shape == (128, 128)
+    y0, x0, y1, x1 = crop.crop_box
+    assert y1 - y0 > x1 - x0                                       # a tall crop: rows are cut
+    nh = int((y1 - y0) * (128 / (x1 - x0)))
+    covered = resize(to_uint8(ds, decode(ds), official)[y0:y1, x0:x1], (nh, 128))
+    top = round((nh - 128) / 2)
+    np.testing.assert_array_equal(crop.image, covered[top:top + 128])
+    assert not np.array_equal(crop.image, squash.image)
+    x = preprocess(ds, official)
+    np.testing.assert_array_equal(x[0], (crop.image.astype(np.float32) / np.float32(255) - 0.5) / 0.5)
+    # a wide image is cut at the sides instead
+    wide = np.tile(np.arange(200, dtype=np.uint8), (50, 1))
+    out = resize(wide, (25, 25), "crop")
+    assert out.shape == (25, 25) and abs(int(out[:, 12].mean()) - 100) <= 3
 
 
 def test_resize_properties() -> None:

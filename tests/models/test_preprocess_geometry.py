@@ -40,7 +40,7 @@ def _bright_box(img: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-@pytest.mark.parametrize("resize", ["squash", "pad"])
+@pytest.mark.parametrize("resize", ["squash", "pad", "crop"])
 @pytest.mark.parametrize("flip_to", [None, "L"])
 @pytest.mark.parametrize("orientation", ["P\\L", "A\\R"])
 def test_a_source_box_lands_on_the_same_structure_in_the_model_image(resize: str, flip_to: str | None,

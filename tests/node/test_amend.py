@@ -180,3 +180,21 @@ def test_a_newer_result_dead_letters_older_outputs_still_waiting(tmp_path: Path)
     assert states["MN1"] == ("DELIVERED", None)  # already with the RIS: the new ORU replaces it
     assert states["2.25.2"][0] == states["MN2"][0] == "PENDING"
     assert delivered_identities(journal, UID) == {("oru", "MN1")}
+
+
+def test_a_destination_that_changed_its_sr_class_gets_only_the_new_one(tmp_path: Path) -> None:
+    """tid1500_sop_class changed from comprehensive3d to enhanced while the old SR waited (e.g. the
+    PACS refused 3D SR and retries were pending): the old rendering is superseded, not sent later."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    with journal.transaction() as db:
+        db.execute("INSERT INTO studies(study_uid, state, first_received_at, last_received_at, updated_at) "
+                   "VALUES (?, 'PROCESSING', 0, 0, 0)", (UID,))
+    old = [{"destination": "pacs", "kind": "tid1500", "identity": "2.25.1", "payload": "outbox/a.dcm"},
+           {"destination": "pacs", "kind": "tid4000", "identity": "2.25.3", "payload": "outbox/c.dcm"}]
+    assert journal.finish_study(UID, _result("1"), "done", old)
+    journal.transition(UID, "DONE", "PROCESSING", "again")
+    new = [{"destination": "pacs", "kind": "tid1500-enhanced", "identity": "2.25.2", "payload": "outbox/b.dcm"},
+           {"destination": "pacs", "kind": "tid4000", "identity": "2.25.3", "payload": "outbox/c.dcm"}]
+    assert journal.finish_study(UID, _result("2"), "done", new)
+    states = dict(journal.query("SELECT identity, state FROM outbox"))
+    assert states == {"2.25.1": "DEAD", "2.25.2": "PENDING", "2.25.3": "PENDING"}

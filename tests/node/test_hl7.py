@@ -25,7 +25,8 @@ from tests.node.outputs_helpers import phantom_case, phantom_source, sample_resu
 
 CREATED = 1_717_243_200.25  # 2024-06-01 12:00:00.25 UTC
 SETTINGS = HL7Output(host="127.0.0.1", port=2575, sending_application="MAMMO_NODE", sending_facility="RADIOLOGY",
-                     receiving_application="RIS", receiving_facility="HOSPITAL", validate_messages=True)
+                     receiving_application="RIS", receiving_facility="HOSPITAL", validate_messages=True,
+                     timezone="UTC")  # the timestamps below, whatever the test machine's zone
 EXAM_ORDER = SETTINGS.model_copy(update={"order_mode": "exam_order"})
 # hl7apy's copy of the v2.5.1 tables lacks CWE (0125) and SCT (0396); our local codes are 99MAMMO.
 KNOWN_TABLE_GAPS = {("CWE", "HL70125"), ("SCT", "HL70396"), ("99MAMMO", "HL70396"), ("NCIT", "HL70396")}
@@ -99,7 +100,7 @@ def test_phantom_orus_pass_strict_validation(phantom_dir: Path, tmp_path: Path) 
         assert orc[1] == "RE" and orc[2] == "" and orc[3] == filler
         assert obr[2] == "" and obr[3] == filler and header.AccessionNumber not in filler
         assert obr[4] == "AIMAMMO^AI mammography analysis^99MAMMO" and obr[18] == header.AccessionNumber
-        assert obr[7] == header.StudyDate + header.StudyTime.split(".")[0]
+        assert obr[7] == header.StudyDate + header.StudyTime.split(".")[0] + "+0000"  # no offset in the images
         assert obr[22] == "20240601120000+0000" and obr[25] == "P"
         assert segments(message, "NTE")[0][1:] == ["1", "L", escape(DISCLAIMER)]
         assert all(f[11] == "P" for f in segments(message, "OBX"))
@@ -195,7 +196,7 @@ def test_special_characters_are_escaped_in_names_and_report_text(phantom_dir: Pa
 
     lines = obx_by_code(message, "18782-3")
     assert lines[1][5] == "Pipe \\F\\ caret \\S\\ tilde \\R\\ backslash \\E\\ amp \\T\\ end"
-    assert all(len(f) == 12 for f in lines)
+    assert all(len(f) == 20 for f in lines)  # OBX-1..OBX-19: the escaped text adds no field
     assert b"\x0b" not in message.encode() and b"\x1c" not in message.encode()
     back = parse_oru(message)
     assert back["patient_id"] == "ID|7^X"
@@ -257,8 +258,11 @@ def test_validate_oru_rejects_a_broken_message_without_quoting_values(phantom_di
     patient_id = source.header.PatientID
     with pytest.raises(ValueError, match="STRICT validation: ValidationError at PID_3"):
         validate_oru(message.replace(f"PID|1||{patient_id}^^^^MR|", "PID|1|||", 1))
+    obx = next(s for s in message.split("\r") if s.startswith("OBX|"))
+    fields = obx.split("|")
+    fields[11] = ""  # OBX-11 (result status) is required
     with pytest.raises(ValueError, match="at OBX_11"):
-        validate_oru(message.replace("||||||P\r", "||||||\r", 1))
+        validate_oru(message.replace(obx, "|".join(fields), 1))
     birth = source.header.PatientBirthDate
     with pytest.raises(ValueError, match="STRICT validation") as excinfo:
         validate_oru(message.replace(f"|{birth}|", "|1966-SECRET|", 1))  # hl7apy quotes bad values
@@ -740,3 +744,61 @@ def test_ack_parse_variants() -> None:
     assert (ack.code, ack.text) == ("AR", "Application error")
     assert Ack.parse("").code == "" and Ack.parse("MSH|^~\\&|X\rPID|1").text == "no MSA segment"
     assert Ack.parse("garbage").outcome("MN1") == "retry"
+
+
+# ---------------------------------------------------------------------- time zone
+@pytest.fixture
+def node_zone(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Set the node's local time zone (TZ) for the test; restored after."""
+    def _set(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+    yield _set
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("setting, zone, expected", [
+    ("local", "America/New_York", "-0400"),      # the node's zone, daylight saving time in June
+    ("local", "Asia/Kolkata", "+0530"),
+    ("UTC", "Asia/Kolkata", "+0000"),
+    ("+0100", "America/New_York", "+0100"),      # a fixed offset
+    ("Asia/Shanghai", "America/New_York", "+0800"),  # an IANA zone, whatever the node's own
+])
+def test_every_timestamp_is_in_one_zone_with_its_offset(phantom_dir: Path, tmp_path: Path, node_zone,
+                                                         setting: str, zone: str, expected: str) -> None:
+    """Issue 18: HL7 timestamps were stamped +0000 whatever the site's zone. MSH-7, ORC-9, OBR-22
+    and OBX-19 (the analysis) are the result's time in ``[outputs.hl7] timezone`` (default: the
+    node's), each with its offset; OBR-7 is the study's time with the offset the images give, else
+    the zone's; the message stays valid under hl7apy STRICT."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    node_zone(zone)
+    source, result = phantom_case(study_dirs(phantom_dir)[0])
+    settings = SETTINGS.model_copy(update={"timezone": setting})
+    message = build_oru(source, result, settings, created_at=CREATED)
+    strict(message, tmp_path)
+    [msh], [orc], [obr] = segments(message, "MSH"), segments(message, "ORC"), segments(message, "OBR")
+    stamps = {msh[6], orc[9], obr[22]} | {f[19] for f in segments(message, "OBX")}
+    [stamp] = stamps
+    assert stamp.endswith(expected)
+    assert datetime.strptime(stamp, "%Y%m%d%H%M%S%z").timestamp() == int(CREATED)  # the same instant
+    header = source.header
+    study_time = header.StudyDate + header.StudyTime.split(".")[0]
+    zone_info = ZoneInfo(zone if setting == "local" else "Etc/GMT-1" if setting == "+0100" else setting)
+    study_offset = datetime.strptime(study_time, "%Y%m%d%H%M%S").replace(tzinfo=zone_info).strftime("%z")
+    assert obr[7] == study_time + study_offset  # that date's offset (daylight saving time or not)
+    assert build_oru(source, result, settings, created_at=CREATED) == message  # a resend is identical
+    # the images' own offset wins for the study's time; a date without a time has no offset
+    offset = build_oru(with_header(source, TimezoneOffsetFromUTC="-0300"), result, settings, created_at=CREATED)
+    assert segments(offset, "OBR")[0][7].endswith("-0300") and segments(offset, "MSH")[0][6] == stamp
+    dateless = build_oru(with_header(source, StudyTime=None), result, settings, created_at=CREATED)
+    assert segments(dateless, "OBR")[0][7] == header.StudyDate
+    strict(offset, tmp_path)
+
+
+def test_a_bad_timezone_is_refused_at_start() -> None:
+    for bad in ("Mars/Olympus", "+2500", "CET+1", ""):
+        with pytest.raises(ValueError, match="timezone"):
+            HL7Output(host="127.0.0.1", port=2575, timezone=bad)

@@ -243,3 +243,46 @@ def _items(ds) -> list:
         out.append(item)
         out.extend(_items(item))
     return out
+
+
+def test_ihe_air_content_checks(phantom_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What we could check of IHE AI Results (AIR) content (docs/dicom-sr.md, "IHE AIR"): TID 1500
+    as the root template; the device as observer (its UID, name, manufacturer, model); in every
+    measurement group a tracking identifier and a unique tracking UID, the algorithm (TID 4019 name,
+    version, manufacturer) and references to the source images it was read from (the breast's views,
+    each also in the image library and the evidence), all through highdicom's reader, silently."""
+    import highdicom as hd
+
+    device = "2.25.123456789"
+    result = sample_result(MULTI_FINDING_REPORT, birads=(2, 4), density=1)
+    source = phantom_source(_studies(phantom_dir)[0])
+    path = _save(build_tid1500_sr(source, result, created_at=CREATED, device_uid=device), tmp_path)
+    assert "Error" not in _dciodvfy(path)
+    with caplog.at_level("WARNING"):
+        sr = hd.sr.srread(path)
+        [template] = sr.ContentTemplateSequence
+        assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "1500")
+        [observer] = sr.content.get_observer_contexts()
+        attrs = observer.observer_identifying_attributes
+        assert observer.observer_type.value == "121007"  # Device
+        assert (attrs.uid, attrs.name, attrs.manufacturer_name) == (device, "mammo-node", "mammo-node")
+        assert "versamammo-demo 1.0.0" in attrs.model_name
+        library = {i.sop_instance_uid for i in source.images}
+        evidence = {ref.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence[0]
+                    .ReferencedSeriesSequence for ref in s.ReferencedSOPSequence}
+        assert evidence == library
+        groups = sr.content.get_image_measurement_groups()
+        assert len(groups) == 2 + sum(len(b["findings"]) for b in result["breasts"].values())
+        for group in groups:
+            assert group.tracking_identifier and group.tracking_uid
+            [side] = {"R" if s.laterality.value == "24028007" else "L" for s in group.finding_sites}
+            referenced = {ref.referenced_sop_instance_uid for ref in group.source_images}
+            assert referenced == {i.sop_instance_uid for i in source.images if i.laterality == side}
+            names = {item.ConceptNameCodeSequence[0].CodeValue: item.TextValue for item in group[0].ContentSequence
+                     if item.ValueType == "TEXT" and item.RelationshipType == "HAS CONCEPT MOD"}
+            assert names["111001"] and names["111003"] and names["122405"] == "mammo-node"  # TID 4019
+        assert len({g.tracking_uid for g in groups}) == len(groups)
+    assert [r for r in caplog.records if r.name.startswith("highdicom")] == []
+    library_items = [i for i in _items(pydicom.dcmread(path)) if i.get("ValueType") == "IMAGE"
+                     and i.ConceptNameCodeSequence[0].CodeValue != "121112"]
+    assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in library_items} == library

@@ -10,6 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from models.mammorg import load_mammorg
+from models.mammorg_edges import atlas_edges
+from models.mammorg_knowledge import adjacency, graph_terms
 from training.cli import app
 from training.config import load_train_config
 from training.mammorg.common import model_dir, stage_dir
@@ -56,6 +58,14 @@ def test_knowledge_stage_builds_the_model_and_selects_on_val(pipeline):
     records = read_metrics(stage_dir(cfg, "knowledge") / "metrics.jsonl")
     assert any("val_graph_birads_macro_f1" in r for r in records)
     assert (stage_dir(cfg, "knowledge") / "tokenizer-base" / "tokenizer.json").exists()
+    # The graph: the atlas table plus the training reports' co-occurrence, listed with sources and
+    # installed as the saved model's adjacency.
+    listed = json.loads((stage_dir(cfg, "knowledge") / "graph_edges.json").read_text())
+    assert listed["mode"] == meta["extra"]["graph"]["mode"] == "knowledge"
+    assert all(e["source"] for e in listed["list"])
+    edges = [(e["head"], e["relation"], e["tail"]) for e in listed["list"]]
+    assert {e[:3] for e in atlas_edges()} <= set(edges)   # 6 training reports add few or no edges here
+    torch.testing.assert_close(model.adjacency, adjacency(graph_terms(), edges))
 
 
 def test_each_stage_starts_from_the_previous_one(pipeline):
@@ -134,3 +144,65 @@ def test_torchrun_two_cpu_processes_align(pipeline, tmp_path):
     assert (out / "model" / "mammorg.json").exists()
     iterations = [r["iteration"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert iterations == sorted(set(iterations))  # only rank 0 writes
+
+
+def test_official_preprocessing_is_what_the_encoder_sees_and_what_the_model_keeps(tmp_path):
+    """Issue 20: ``mammorg.preprocessing = "official"`` (shortest side, centre crop, 0.5/0.5) is used
+    for the cached encoder tokens and saved in the model, so export puts it in the manifest."""
+    from models.mammorg_config import preprocess_config
+    from models.preprocess import official_mammorg_config
+    from training.mammorg.data import load_studies
+    from training.mammorg.features import _key
+
+    overrides = {**_overrides(tmp_path), "data.phantom_studies": 8, "mammorg.lm_warmup_epochs": 0,
+                 "knowledge.epochs": 1, "knowledge.batch_size_per_rank": 2, "mammorg.preprocessing": "official"}
+    cfg = load_train_config(CONFIG, overrides)
+    run_knowledge(cfg)
+    model, _ = load_mammorg(model_dir(cfg, "knowledge"))
+    official = official_mammorg_config(model.vision.cfg.student_input)
+    assert preprocess_config(model.cfg, model.vision.cfg) == official
+    assert load_train_config(CONFIG).mammorg.preprocessing == "student"   # ours stays the default
+    studies = load_studies(cfg.data)
+    tokens = Path(cfg.run.out_dir) / "mammorg" / "tokens"
+    assert [p.name for p in tokens.glob("tokens-*.pt")] == [f"tokens-{_key(model.vision, studies, official)}.pt"]
+
+
+@pytest.mark.timeout(900)
+def test_sft_sharded_with_fsdp_under_torchrun_trains_what_ddp_trains(pipeline, tmp_path):
+    """Issue 20: ``mammorg.fsdp`` shards each decoder layer (frozen weights and LoRA) with FSDP2 under
+    torchrun (two gloo processes here); from the same aligned model it follows the DDP run: the
+    same validation losses, the same merged model within Adam's sign noise."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    root, overrides = pipeline
+    runs = {}
+    for mode in ("fsdp", "ddp"):
+        out = tmp_path / mode
+        shutil.copytree(root / "run" / "mammorg" / "knowledge", out / "mammorg" / "knowledge")
+        shutil.copytree(root / "run" / "mammorg" / "align", out / "mammorg" / "align")
+        shutil.copytree(root / "run" / "mammorg" / "tokens", out / "mammorg" / "tokens")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        settings = {**overrides, "run.out_dir": str(out), "sft.epochs": 1, "sft.batch_size_per_rank": 2,
+                    "sft.gradient_checkpointing": True, "mammorg.fsdp": mode == "fsdp"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "training.cli", "mammorg-sft", "--config", str(CONFIG)]
+        for key, value in settings.items():
+            cmd += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        cfg = load_train_config(CONFIG, settings)
+        runs[mode] = (read_metrics(stage_dir(cfg, "sft") / "metrics.jsonl"),
+                      torch.load(model_dir(cfg, "sft") / "model.pt", weights_only=True))
+    val = {mode: [r["val_loss"] for r in records if "val_loss" in r] for mode, (records, _) in runs.items()}
+    assert val["fsdp"] and val["fsdp"] == pytest.approx(val["ddp"], abs=1e-4)
+    fsdp, ddp = runs["fsdp"][1], runs["ddp"][1]
+    assert fsdp.keys() == ddp.keys()
+    for key in fsdp:
+        torch.testing.assert_close(fsdp[key], ddp[key], atol=2e-3, rtol=0)

@@ -426,3 +426,26 @@ def test_distributed_helpers_single_process() -> None:
     assert du.reduce_dict_mean({"b": 1.0, "a": torch.tensor(2.0)}) == {"a": 2.0, "b": 1.0}
     assert du.rank_seed(5, 3) == 8 and du.is_main() and du.get_world_size() == 1
     du.barrier()
+
+
+def test_full_preset_is_the_released_schedule_and_ours_an_override():
+    """Issue 20: the full preset runs the official 1000-epoch schedules ended at iteration 325k,
+    4 images per GPU on the official 4 GPUs; ours (a finished 260-epoch cosine at 32 per GPU) is two
+    overrides away and ends at the same iteration."""
+    from pathlib import Path
+
+    from training.config import load_train_config
+    from training.versamammo.ssl.train import build_schedules
+
+    full = Path("training/configs/versamammo_full.toml")
+    official = load_train_config(full).ssl
+    assert (official.epochs, official.stop_at_iteration, official.batch_size_per_rank) == (1000, 325_000, 4)
+    sched = build_schedules(official, world_size=4)
+    assert sched.total_iterations == 1_250_000
+    assert abs(sched.peak_lr - 1e-4 * (16 / 1024) ** 0.5) < 1e-12
+    # at the stop the official schedules are still early in their cosine: lr well above min_lr
+    assert sched.lr.values[325_000 - 1] > 0.5 * sched.peak_lr
+    ours = load_train_config(full, {"ssl.epochs": 260, "ssl.batch_size_per_rank": 32}).ssl
+    mine = build_schedules(ours, world_size=4)
+    assert mine.total_iterations == 325_000 == ours.stop_at_iteration
+    assert mine.lr.values[-1] < 1.01 * ours.min_lr       # finished: annealed to min_lr at the stop

@@ -159,6 +159,48 @@ def reports(
         _print_metrics(result)
 
 
+@app.command("vindr-reports")
+def vindr_reports(
+    pred: Path = typer.Option(..., "--pred", help="Generated reports, JSON Lines of {\"id\": VinDr study_id, \"text\"}."),
+    vindr: Path = typer.Option(..., "--vindr", help="VinDr-Mammo root (breast-level_annotations.csv)."),
+    mapping: str = typer.Option("strict", "--birads-mapping",
+                                help="strict (ours), official (lenient, tool_clslabel.py) or official_as_coded."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples of studies (0: no intervals)."),
+    seed: int = typer.Option(42, "--seed", help="Bootstrap seed."),
+) -> None:
+    """Score generated reports against VinDr-Mammo's breast-level BI-RADS and density labels
+    (no reference text; docs/report-metrics.md, "VinDr-Mammo labels")."""
+    from training.eval.vindr_reports import BIRADS_MAPPINGS, evaluate_vindr_reports, vindr_breast_labels
+
+    if mapping not in BIRADS_MAPPINGS:
+        _fail(f"--birads-mapping must be one of {', '.join(BIRADS_MAPPINGS)}, not {mapping!r}")
+    try:
+        items = read_reports(pred)
+    except InputError as exc:
+        _fail(str(exc))
+    if not (vindr / "breast-level_annotations.csv").is_file():
+        _fail(f"--vindr {vindr}: no breast-level_annotations.csv")
+    labels = vindr_breast_labels(vindr)
+    texts = {str(i): t for i, t in items}
+    unknown = sorted(i for i in texts if (i, "R") not in labels and (i, "L") not in labels)
+    if unknown:
+        _fail(f"--pred {pred}: study ids not in {vindr}: {', '.join(unknown[:5])}")
+    result = evaluate_vindr_reports(texts, labels, mapping, resamples=resamples, seed=seed, parse=_load_parser())
+    if as_json:
+        sys.stdout.write(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+        return
+    table = Table(title=f"{result['studies']} studies, BI-RADS mapping {mapping}")
+    for column in ("field", "metric", "value", "95% interval"):
+        table.add_column(column)
+    for field_name in ("birads", "density"):
+        for metric in ("f1", "completeness", "accuracy"):
+            value = result[field_name][metric]
+            table.add_row(field_name, metric, _fmt(value["value"], 3),
+                          f"{_fmt(value['ci95'][0], 3)} - {_fmt(value['ci95'][1], 3)}")
+    out.print(table)
+
+
 @app.command("parse")
 def parse(
     file: Path = typer.Argument(..., help="Reports, JSON Lines of {\"id\", \"text\"}."),

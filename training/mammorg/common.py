@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from models.mammorg import MammoRG, load_mammorg
+from models.preprocess import PreprocessConfig, official_mammorg_config
 from models.versamammo_student import VersaMammoStudent
 from training import distributed as du
 from training.data.cache import PreprocessedCache
@@ -60,8 +61,23 @@ class Prepared:
     present: torch.Tensor               # (N, 4) bool
 
 
-def prepare(cfg: Any, student: VersaMammoStudent, device: torch.device) -> Prepared:
-    """Studies, splits and the student's tokens of every study (computed on rank 0, cached)."""
+def encoder_preprocessing(cfg: Any, student: VersaMammoStudent) -> PreprocessConfig:
+    """What the frozen encoder sees for a model built from this training config
+    (``mammorg.preprocessing``); a saved model carries its own (``models.mammorg_config.preprocess_config``)."""
+    from models.versamammo_config import student_preprocess_config
+
+    if cfg.mammorg.preprocessing == "official":
+        return official_mammorg_config(student.cfg.student_input)
+    return student_preprocess_config(student.cfg)
+
+
+def prepare(cfg: Any, student: VersaMammoStudent, device: torch.device,
+            pre: PreprocessConfig | None = None) -> Prepared:
+    """Studies, splits and the student's tokens of every study (computed on rank 0, cached).
+
+    ``pre``: the images' preprocessing, a saved model's own; None = ``encoder_preprocessing(cfg, ...)``.
+    """
+    pre = pre or encoder_preprocessing(cfg, student)
     studies = load_studies(cfg.data)
     splits = {name: [i for i, s in enumerate(studies) if s.split == name] for name in ("train", "val", "test")}
     if not splits["train"]:
@@ -69,9 +85,9 @@ def prepare(cfg: Any, student: VersaMammoStudent, device: torch.device) -> Prepa
     image_cache = PreprocessedCache(cfg.data.cache_dir) if cfg.data.cache_dir else None
     token_dir = Path(cfg.run.out_dir) / "mammorg" / "tokens"
     if du.is_main():
-        study_tokens(studies, student, device, token_dir, image_cache)
+        study_tokens(studies, student, device, token_dir, image_cache, pre=pre)
     du.barrier()
-    tokens, present = study_tokens(studies, student, device, token_dir, image_cache, progress=False)
+    tokens, present = study_tokens(studies, student, device, token_dir, image_cache, progress=False, pre=pre)
     return Prepared(studies, splits, tokens, present)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from models.mammorg import load_mammorg
+from models.mammorg_config import preprocess_config
 from training import distributed as du
 from training.eval.report_metrics import evaluate_reports
 from training.mammorg.common import model_dir, prepare, stage_dir
@@ -43,7 +44,7 @@ def run_mammorg_eval(cfg: Any, model_path: Path | None = None) -> dict[str, Any]
     device = du.resolve_device(cfg.run.device)
     if model.vision is None:
         raise ValueError(f"{path}: the saved model has no vision encoder")
-    data = prepare(cfg, model.vision, device)
+    data = prepare(cfg, model.vision, device, preprocess_config(model.cfg, model.vision.cfg))
     idx = data.splits[cfg.eval.split]
     if not idx:
         raise ValueError(f"no studies in the {cfg.eval.split!r} split")

@@ -17,15 +17,16 @@ import pydicom
 import torch
 
 from models.mammorg_config import VIEWS
-from models.preprocess import normalize, prepare_uint8
+from models.preprocess import PreprocessConfig, normalize, prepare_uint8
 from models.versamammo_student import VersaMammoStudent
 from training.data.cache import PreprocessedCache
 from training.mammorg.data import StudyRecord
 from training.versamammo.distill.data import student_preprocess_config
 
 
-def _key(student: VersaMammoStudent, studies: list[StudyRecord]) -> str:
+def _key(student: VersaMammoStudent, studies: list[StudyRecord], pre: PreprocessConfig) -> str:
     h = hashlib.sha256()
+    h.update(json.dumps(pre.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(student.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -36,14 +37,18 @@ def _key(student: VersaMammoStudent, studies: list[StudyRecord]) -> str:
 @torch.no_grad()
 def study_tokens(studies: list[StudyRecord], student: VersaMammoStudent, device: torch.device,
                  cache_dir: Path | None, image_cache: PreprocessedCache | None,
-                 batch: int = 16, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (N, 4, T, C) float16, present (N, 4) bool), from ``cache_dir`` when already computed."""
-    cache_file = Path(cache_dir) / f"tokens-{_key(student, studies)}.pt" if cache_dir is not None else None
+                 batch: int = 16, progress: bool = True,
+                 pre: PreprocessConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (N, 4, T, C) float16, present (N, 4) bool), from ``cache_dir`` when already computed.
+
+    ``pre``: the images' preprocessing (``models.mammorg_config.preprocess_config``); None = the student's.
+    """
+    pre = pre or student_preprocess_config(student.cfg)
+    cache_file = Path(cache_dir) / f"tokens-{_key(student, studies, pre)}.pt" if cache_dir is not None else None
     if cache_file is not None and cache_file.exists():
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
         return saved["tokens"], saved["present"]
     cfg = student.cfg
-    pre = student_preprocess_config(cfg)
     tokens_per_view = cfg.student_grid ** 2
     tokens = torch.zeros(len(studies), len(VIEWS), tokens_per_view, cfg.student_dim, dtype=torch.float16)
     present = torch.zeros(len(studies), len(VIEWS), dtype=torch.bool)

@@ -9,10 +9,12 @@ the mean of its terms that have labels; the stage loss is the mean of the two se
 from our parser run over the reference reports. The best epoch is chosen on the validation split.
 
 The stage also builds the model: tokenizers, the language model (warmed up on the training
-reports when it is built from config), graph-node features and the report bank.
+reports when it is built from config), graph-node features, the graph's edges (atlas table plus
+the training reports' co-occurrence, ``models.mammorg_edges``) and the report bank.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -22,14 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import lexicon
 from models.mammorg import MammoRG, build_mammorg, save_mammorg, set_bank
 from models.mammorg_config import config_for
-from models.mammorg_knowledge import graph_terms, term_text
-from models.report_types import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS
+from models.mammorg_edges import graph_edges
+from models.mammorg_knowledge import adjacency, graph_terms, term_text
+from models.report_types import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, ReportResult
 from models.reportparse import split_sections
 from training import distributed as du
 from training.eval.classification import macro_f1
-from training.mammorg.common import Prepared, load_vision, model_dir, prepare, stage_dir, text_embeddings
+from training.mammorg.common import Prepared, encoder_preprocessing, load_vision, model_dir, prepare, stage_dir, text_embeddings
 from training.mammorg.labels import RELATION_TAILS, StudyLabels, labels_from_reports, parse_reports
 from training.mammorg.loop import StageSpec, run_stage
 from training.mammorg.terms import init_term_rows
@@ -146,6 +150,8 @@ def build_model(cfg: Any, data: Prepared, student: Any, device: torch.device) ->
                                  "vision_size": student.cfg.size, "vision_dim": student.cfg.student_dim,
                                  "vision_grid": student.cfg.student_grid, "max_new_tokens": cfg.generate.max_new_tokens,
                                  "num_beams": cfg.generate.num_beams}
+    if m.preprocessing != "student":
+        overrides["preprocessing"] = encoder_preprocessing(cfg, student).to_dict()
     if m.lm_path is not None:
         overrides["lm_path"] = str(m.lm_path)
     if m.prompt is not None:
@@ -160,10 +166,30 @@ def build_model(cfg: Any, data: Prepared, student: Any, device: torch.device) ->
                                             cfg.run.seed, device, max_tokens=m.max_report_tokens)
         log.info("LM warm-up loss per epoch: %s", info["lm_warmup_loss"])
     model.node_features.copy_(text_embeddings(model.lm, base_tok, [term_text(t) for t in graph_terms()]))
+    info["graph"] = install_graph(model, cfg, parse_reports(train_reports), out)
     unique = sorted({_report_text(r) for r in train_reports})
     set_bank(model, text_embeddings(model.lm, base_tok, unique))
     info["bank_size"] = len(unique)
     return model.to(device), tokenizer, info
+
+
+def install_graph(model: MammoRG, cfg: Any, train_results: list[ReportResult], out: Path) -> dict[str, Any]:
+    """Build the graph's edges (``mammorg.graph_edges``) from the atlas table and the parsed
+    training reports, install them as the model's adjacency, and list them with their sources in
+    ``out/graph_edges.json`` (training split only, so no test report shapes the graph)."""
+    m = cfg.mammorg
+    edges = graph_edges(m.graph_edges, train_results, m.graph_min_count, m.graph_min_fraction)
+    model.adjacency.copy_(adjacency(graph_terms(), edges).to(model.adjacency.device))
+    per_relation = {r: sum(1 for e in edges if e.relation == r) for r in lexicon.RELATIONS}
+    summary = {"mode": m.graph_edges, "min_count": m.graph_min_count, "min_fraction": m.graph_min_fraction,
+               "edges": per_relation,
+               "from_reports": sum(1 for e in edges if e.source.startswith("reports:"))}
+    if du.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "graph_edges.json").write_text(json.dumps(
+            {**summary, "list": [e._asdict() for e in edges]}, indent=1, ensure_ascii=False), encoding="utf-8")
+    log.info("knowledge graph: %s", summary)
+    return summary
 
 
 @torch.no_grad()

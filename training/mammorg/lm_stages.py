@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from models.mammorg import MammoRG, save_mammorg
+from models.mammorg_config import preprocess_config
 from training import distributed as du
 from training.mammorg.common import Prepared, load_vision, model_dir, prepare, previous_model, stage_dir
 from training.mammorg.loop import StageSpec, run_stage
@@ -92,6 +93,49 @@ def _lora(model: MammoRG, s: Any) -> dict[str, nn.Parameter]:
     return {f"lm.{n}": p for n, p in model.lm.named_parameters() if "lora_" in n}
 
 
+def trainable_parameters(model: MammoRG, stage: str) -> dict[str, nn.Parameter]:
+    """What alignment (projectors, missing-view embedding, term rows) or SFT (plus LoRA) trains."""
+    named: dict[str, nn.Parameter] = {}
+    if stage == "sft":
+        named.update({f"lm.{n}": p for n, p in model.lm.named_parameters() if "lora_" in n})
+    for prefix, module in (("image_projector", model.image_projector), ("graph_projector", model.graph_projector),
+                           ("report_projector", model.report_projector)):
+        named.update({f"{prefix}.{n}": p for n, p in module.named_parameters()})
+    named["missing_view"] = model.missing_view
+    for i, weight in enumerate(term_parameters(model.lm)):
+        named[f"term_rows_{i}"] = weight
+    return named
+
+
+def decoder_layers(lm: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a (LoRA-wrapped) Hugging Face causal LM."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    layers = getattr(getattr(base, "model", base), "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(base).__name__}: no decoder layers found to shard")
+    return list(layers)
+
+
+def shard_lm(lm: nn.Module, precision: str) -> None:
+    """FSDP2 over each decoder layer (frozen weights and LoRA adapters alike): parameters are
+    gathered for a layer's forward and backward and sharded otherwise. Embeddings, output head
+    and final norm stay replicated (their term rows are masked by row, which needs whole rows)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in decoder_layers(lm):
+        fully_shard(layer, mp_policy=mp)
+
+
+def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU state dict with sharded (DTensor) entries gathered; collective when any is sharded."""
+    from training.mammorg.loop import _dtensor
+
+    return {k: (v.full_tensor() if _dtensor(v) else v).detach().to("cpu", copy=True)
+            for k, v in module.state_dict().items()}
+
+
 def run_lm_stage(cfg: Any, stage: str, *, max_iterations: int | None = None) -> Path:
     """``stage`` is "align" or "sft"; returns the saved model directory."""
     return du.launched(cfg, lambda info: _run(cfg, stage, info, max_iterations))
@@ -106,27 +150,33 @@ def _run(cfg: Any, stage: str, info: du.DistInfo, max_iterations: int | None) ->
     model, tokenizer = previous_model(cfg, stage)
     model.requires_grad_(False)
     student = model.vision if model.vision is not None else load_vision(cfg)
-    data = prepare(cfg, student, device)
+    data = prepare(cfg, student, device, preprocess_config(model.cfg, student.cfg))
     model = model.to(device)
     targets, truncated = encode_targets(tokenizer, [s.report for s in data.studies], cfg.mammorg.max_report_tokens)
     if truncated and du.is_main():
         log.warning("%d reports are longer than mammorg.max_report_tokens = %d and were truncated",
                     truncated, cfg.mammorg.max_report_tokens)
 
-    named: dict[str, nn.Parameter] = {}
+    use_fsdp = bool(cfg.mammorg.fsdp) and info.distributed
+    if cfg.mammorg.fsdp and not use_fsdp and du.is_main():
+        log.warning("mammorg.fsdp needs torchrun with a process group; running unsharded")
     if stage == "sft":
-        named.update(_lora(model, section))
-        if section.gradient_checkpointing:
-            model.lm.gradient_checkpointing_enable()
-    for prefix, module in (("image_projector", model.image_projector), ("graph_projector", model.graph_projector),
-                           ("report_projector", model.report_projector)):
-        named.update({f"{prefix}.{n}": p for n, p in module.named_parameters()})
-    named["missing_view"] = model.missing_view
-    base_rows = model.cfg.base_vocab_size
-    for i, weight in enumerate(term_parameters(model.lm)):
-        named[f"term_rows_{i}"] = weight
+        _lora(model, section)
+    if section.gradient_checkpointing:
+        model.lm.gradient_checkpointing_enable()
+    named = trainable_parameters(model, stage)
     for p in named.values():
         p.requires_grad_(True)
+    if use_fsdp:
+        # every rank starts from rank 0's weights (LoRA's random init differs per rank seed), as
+        # DDP's constructor broadcast does; then each rank keeps its shard of them
+        import torch.distributed as dist
+
+        for p in named.values():
+            dist.broadcast(p.data, src=0)
+        shard_lm(model.lm, cfg.run.precision)
+        named = trainable_parameters(model, stage)    # sharding replaced the layers' parameters
+    base_rows = model.cfg.base_vocab_size
     hooks = mask_base_rows(model.lm, base_rows)
     trainables = Trainables(named)
     wrapper = ReportLoss(model, trainables).to(device)
@@ -147,20 +197,37 @@ def _run(cfg: Any, stage: str, info: du.DistInfo, max_iterations: int | None) ->
         return {"score": -loss, "loss": loss}
 
     def on_best(_: dict[str, float]) -> None:
-        torch.save({k: v.detach().cpu() for k, v in trainables.state_dict().items()}, best_file)
+        state = full_state(trainables)                 # collective when sharded
+        if du.is_main():
+            torch.save(state, best_file)
 
     spec = StageSpec(stage, wrapper, list(named.values()), len(train_idx), section.epochs,
                      section.batch_size_per_rank, section.lr, section.weight_decay, section.warmup_ratio,
-                     step, validate, on_best)
+                     step, validate, on_best, sharded=use_fsdp)
     best = run_stage(spec, out, info, cfg.run.seed, cfg.run.precision, cfg.run.log_every, max_iterations)
     for h in hooks:
         h.remove()
+    if use_fsdp:
+        # The sharded model cannot be merged or saved as it is: rank 0 rebuilds the stage's
+        # starting model unsharded and loads the best trained parameters into it.
+        if not best_file.exists():
+            state = full_state(trainables)
+            if du.is_main():
+                torch.save(state, best_file)
+        if du.is_main():
+            model, _ = previous_model(cfg, stage)
+            model.requires_grad_(False)
+            if stage == "sft":
+                _lora(model, section)
+            if section.gradient_checkpointing:
+                model.lm.gradient_checkpointing_enable()
+            trainables = Trainables(trainable_parameters(model, stage))
     if du.is_main():
         if best_file.exists():
             trainables.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
+        if section.gradient_checkpointing:
+            model.lm.gradient_checkpointing_disable()
         if stage == "sft":
-            if section.gradient_checkpointing:
-                model.lm.gradient_checkpointing_disable()
             model.lm = model.lm.merge_and_unload()
         model.requires_grad_(False)
         save_mammorg(model, model_dir(cfg, stage), tokenizer,

@@ -48,6 +48,46 @@ class StageSpec:
     step: StepFn                      # (module or its DDP wrapper, study indices) -> (loss, parts)
     validate: Callable[[], dict[str, float]] | None = None   # returns {"score": ..., ...}; rank 0 only
     on_best: Callable[[dict[str, float]], None] | None = None
+    # Parameters sharded with FSDP2 (DTensors) beside replicated ones: no DDP wrapper, replicated
+    # gradients averaged by hand, validation and on_best on every rank (the forward is collective).
+    sharded: bool = False
+
+
+def _dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
+
+
+def average_replicated_grads(parameters: list[nn.Parameter], world_size: int) -> None:
+    """All-reduce (mean) the gradients of the parameters FSDP does not manage."""
+    import torch.distributed as dist
+
+    for p in parameters:
+        if p.grad is not None and not _dtensor(p):
+            dist.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """``clip_grad_norm_`` over a mix of sharded (DTensor) and plain gradients: the global norm."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norm = torch.linalg.vector_norm(p.grad.detach().float())
+        if _dtensor(norm):
+            norm = norm.full_tensor()
+        total = total + norm.double().cpu() ** 2
+    total_norm = float(total.sqrt())
+    coef = max_norm / (total_norm + 1e-6)
+    if coef < 1.0:
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.detach().mul_(coef)
+    return total_norm
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -71,7 +111,7 @@ def run_stage(spec: StageSpec, out_dir: Path, info: du.DistInfo, seed: int, prec
     lr_at = cosine_schedule(spec.lr, 0.0, total, warmup_iters=int(round(spec.warmup_ratio * total)))
     scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16" and info.device.type == "cuda")
     module: nn.Module = spec.module
-    if info.distributed:
+    if info.distributed and not spec.sharded:
         module = nn.parallel.DistributedDataParallel(
             spec.module, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=True)
@@ -105,7 +145,12 @@ def run_stage(spec: StageSpec, out_dir: Path, info: du.DistInfo, seed: int, prec
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(spec.parameters, 1.0)
+            if spec.sharded:
+                if info.distributed:
+                    average_replicated_grads(spec.parameters, info.world_size)
+                clip_grad_norm(spec.parameters, 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(spec.parameters, 1.0)
             scaler.step(optimizer)
             scaler.update()
             iteration += 1
@@ -117,13 +162,13 @@ def run_stage(spec: StageSpec, out_dir: Path, info: du.DistInfo, seed: int, prec
                 tick = time.perf_counter()
             if iteration % per_epoch == 0 or iteration == total:
                 epoch = (iteration - 1) // per_epoch
-                if spec.validate is not None and du.is_main():
+                if spec.validate is not None and (du.is_main() or spec.sharded):
                     spec.module.eval()
                     scores = spec.validate()
                     spec.module.train()
                     metrics.log({"stage": spec.name, "iteration": iteration, "epoch": epoch,
                                  **{f"val_{k}": v for k, v in scores.items()}})
-                    if scores["score"] > best.get("score", -1.0):
+                    if "epoch" not in best or scores["score"] > best["score"]:   # the first validation always counts
                         best = {**scores, "epoch": epoch, "iteration": iteration}
                         if spec.on_best is not None:
                             spec.on_best(best)

@@ -46,10 +46,25 @@ def train_and_score(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def run_mammorg_proof(root: Path, cache_dir: Path, student: Path, *, studies: int, **extra: Any) -> dict[str, Any]:
-    """``{"with_knowledge": {...}, "without_knowledge": {...}}`` (see the module docstring)."""
+# Variant name -> overrides. The first two are the proof; the graph variants are the knowledge
+# ablation of issue 20: the same knowledge modules over the complete schema graph, or no edges.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "with_knowledge": {"mammorg.knowledge": True},
+    "without_knowledge": {"mammorg.knowledge": False},
+    "complete_graph": {"mammorg.knowledge": True, "mammorg.graph_edges": "complete"},
+    "no_edges": {"mammorg.knowledge": True, "mammorg.graph_edges": "none"},
+}
+
+
+def run_mammorg_proof(root: Path, cache_dir: Path, student: Path, *, studies: int,
+                      variants: tuple[str, ...] = ("with_knowledge", "without_knowledge"),
+                      **extra: Any) -> dict[str, Any]:
+    """``{"with_knowledge": {...}, "without_knowledge": {...}}`` (see the module docstring), plus
+    any other ``VARIANTS`` named in ``variants``."""
     result: dict[str, Any] = {"config": {"studies": studies, "student": str(student), **extra}}
-    for name, knowledge in (("with_knowledge", True), ("without_knowledge", False)):
-        cfg = proof_config(root / name, cache_dir, student, studies, knowledge, **extra)
+    for name in variants:
+        overrides = {**VARIANTS[name], **extra}
+        knowledge = bool(overrides.pop("mammorg.knowledge"))
+        cfg = proof_config(root / name, cache_dir, student, studies, knowledge, **overrides)
         result[name] = train_and_score(cfg)
     return result

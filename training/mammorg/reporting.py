@@ -80,6 +80,7 @@ def reporting_sources(mcfg: Any, student_path: Path, model_dir: Path) -> dict[st
     """Generate validation reports with the trained MammoRG, run the student on the same studies,
     and choose per field (see the module docstring)."""
     from models.mammorg import load_mammorg
+    from models.mammorg_config import preprocess_config
     from models.versamammo import load_checkpoint
     from training import distributed as du
     from training.data.cache import PreprocessedCache
@@ -88,7 +89,7 @@ def reporting_sources(mcfg: Any, student_path: Path, model_dir: Path) -> dict[st
 
     device = du.resolve_device(mcfg.run.device)
     model, tokenizer = load_mammorg(model_dir)
-    data = prepare(mcfg, model.vision, device)
+    data = prepare(mcfg, model.vision, device, preprocess_config(model.cfg, model.vision.cfg))
     idx = data.splits["val"]
     if not idx:
         raise ValueError("no validation studies to choose the reporting sources on")

@@ -395,8 +395,26 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
         save_checkpoint(student, out_dir / LAST, extra={"stage": "distill", "iterations": iteration})
         if not (out_dir / BEST).exists():
             save_checkpoint(student, out_dir / BEST, extra={"stage": "distill", "iterations": iteration})
+        if dcfg.head_refit:
+            plain_train = MammoImageDataset(train_records, pre, cache,
+                                            TwoViewTransform(model_cfg, dcfg.low_res_size, train=False))
+            refit_best(out_dir / BEST, plain_train, val_set, device)
     du.barrier()
     return out_dir / BEST
+
+
+def refit_best(path: Path, train_set: MammoImageDataset, val_set: MammoImageDataset, device: torch.device) -> None:
+    """``distill.head_refit``: refit the selected student's heads once (refit.py); the summary goes
+    into the checkpoint's ``extra`` and beside it as ``head_refit.json``. A rerun finds it done."""
+    from training.versamammo.distill.refit import refit_heads
+
+    extra = read_checkpoint(path).get("extra") or {}
+    if "head_refit" in extra:
+        return
+    student = load_checkpoint(path, kind="student").to(device)
+    summary = refit_heads(student, train_set, val_set, device)
+    save_checkpoint(student, path, extra={**extra, "head_refit": summary})
+    (path.parent / "head_refit.json").write_text(json.dumps(summary, indent=1))
 
 
 def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_feat: torch.Tensor | None,
