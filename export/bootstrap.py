@@ -48,7 +48,7 @@ RECIPE: dict[str, Any] = {
 QUICK_RECIPE: dict[str, Any] = {
     "studies": 40, "ssl_iterations": 30, "distill_epochs": 2,
     "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 1, "patches.samples_per_epoch": 256,
-                   "patches.val_samples": 64},
+                   "patches.val_samples": 64, "model.student_lesion_map": True, "distill.lesion_map_weight": 1.0},
     "mammorg": {"knowledge.epochs": 1, "align.epochs": 1, "sft.epochs": 2, "mammorg.lm_warmup_epochs": 2},
 }
 
@@ -137,7 +137,17 @@ def build(out: Path, threads: int | None = None, recipe: dict[str, Any] | None =
     shutil.rmtree(staging, ignore_errors=True)
     _stage("exporting VersaMammo (fp32 and fp16) with parity checks")
     pre = student_preprocess_config(student.cfg)
-    fields = export_versamammo(student, staging / "versamammo", phantom_images(pre, 4))
+    marks: dict[str, Any] = {}
+    if student.lesion_head is not None:
+        from export.mark_threshold import mark_threshold_on
+        from training.data.records import load_records
+
+        _stage("choosing the CAD mark threshold on the validation split")
+        marks = mark_threshold_on(student, [r for r in load_records(vcfg.data) if r.split == "val"], pre)
+    fields = export_versamammo(student, staging / "versamammo", phantom_images(pre, 4),
+                               **({"mark_threshold": marks["mark_threshold"]} if marks else {}))
+    if marks:
+        fields["localization"]["operating_point"] = marks["operating_point"]
     vprov = dict(provenance, checkpoint=str(student_path), config=vcfg.model_dump(mode="json"))
     finish_package(staging / "versamammo", NAMES["versamammo"], DEMO_VERSION, fields, training=vprov,
                    metrics={"test_split": vmetrics}, demonstration=True)

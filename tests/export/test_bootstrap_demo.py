@@ -50,6 +50,11 @@ def test_demo_models_are_active_verified_and_labelled_not_for_clinical_use(node_
         training = json.loads((settings_dir / ref / "manifest.json").read_text())["training"]
         assert training["phantom_version"] == PHANTOM_VERSION and training["recipe"] == QUICK_RECIPE
         assert training["command"][:3] == ["python", "-m", "export.bootstrap"] and "--quick" in training["command"]
+    # the lesion map's mark threshold was chosen on the validation split (export/mark_threshold.py)
+    localization = json.loads((settings_dir / listed["active"]["versamammo"] / "manifest.json").read_text())["localization"]
+    point = localization["operating_point"]
+    assert point["split"] == "val" and point["images"] > 0 and point["fp_per_image"] <= point["target_fp_per_image"]
+    assert 0.0 < localization["mark_threshold"] <= 1.0
     for ref in listed["active"].values():
         out = _cli(node_config, "verify", ref, "--json")
         assert out.returncode == 0, out.stdout
