@@ -6,10 +6,10 @@ PYTEST_ARGS ?=
 
 .PHONY: run test install install-train install-dev bench clean
 
-# The demo model packages shipped for the current export.bootstrap.DEMO_VERSION
+# The demo model packages shipped for the current models.package.demo.DEMO_VERSION
 # (deploy/demo-models/NAME@VERSION/, one per kind): when both are there `make run` installs the
 # runtime only and bootstrap-demo installs them; otherwise it needs the training extras to train them.
-DEMO_VERSION := $(shell sed -n 's/^DEMO_VERSION = "\(.*\)".*/\1/p' export/bootstrap.py)
+DEMO_VERSION := $(shell sed -n 's/^DEMO_VERSION = "\(.*\)".*/\1/p' models/package/demo.py)
 DEMO_SHIPPED := $(wildcard deploy/demo-models/*@$(DEMO_VERSION)/manifest.json)
 
 ## make run: create .venv, install, make sure demonstration models are active (the shipped packages:

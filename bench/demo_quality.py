@@ -4,7 +4,7 @@
     python -m bench.demo_quality --packages DIR DIR          # any two package directories
     python -m bench.demo_quality --versamammo REF|DIR --mammorg REF|DIR
 
-End to end, the way a site would see it: N small phantom studies (``training.data.phantom``) are
+End to end, the way a site would see it: N small phantom studies (``phantoms.study``) are
 sent over DICOM (``mammo-node send``) to a real node (``mammo-node serve`` on a fresh data
 directory and a free port, settle 0.5 s), whose two packages were installed and activated with
 ``mammo-node models install --activate``; once every study is DONE (or FAILED, which is
@@ -335,7 +335,7 @@ def _env() -> dict[str, str]:
 
 def _cli(config: Path, *args: str, timeout: float = 600, check: bool = True) -> Any:
     """``mammo-node ARGS --config CONFIG --json`` with this interpreter; its parsed JSON output."""
-    proc = subprocess.run([sys.executable, "-m", "node.cli", *args, "--config", str(config), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "node.cli.app", *args, "--config", str(config), "--json"],
                           capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
     if check and proc.returncode != 0:
         raise RuntimeError(f"mammo-node {' '.join(args)} exited {proc.returncode}: "
@@ -511,7 +511,7 @@ def _machine() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import training.data.phantom as phantom
+    import phantoms.study as phantom
 
     start = time.perf_counter()
     packages, sources = choose_packages(args)

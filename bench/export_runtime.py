@@ -39,10 +39,10 @@ def bench_versamammo(size: str, rounds: int, settings: Any) -> dict[str, Any]:
     from export.golden import phantom_images
     from export.package import finish_package
     from export.versamammo import export_versamammo
-    from models.versamammo import build_student, config_for
-    from models.versamammo_config import student_preprocess_config
+    from models.versamammo.checkpoint import build_student, config_for
+    from models.versamammo.config import student_preprocess_config
     from node.inference.versamammo import VersaMammoRunner
-    from node.packages.manifest import read_manifest
+    from models.package.manifest import read_manifest
 
     torch.manual_seed(0)
     student = build_student(config_for(size)).eval()
@@ -72,12 +72,12 @@ def bench_mammorg(rounds: int, settings: Any, new_tokens: int = 160) -> dict[str
     from export.golden import phantom_views
     from export.mammorg import export_mammorg
     from export.package import finish_package
-    from models.mammorg import build_mammorg, set_bank
-    from models.mammorg_config import config_for as mammorg_config
-    from models.versamammo import build_student, config_for
-    from models.versamammo_config import student_preprocess_config
+    from models.mammorg.model import build_mammorg, set_bank
+    from models.mammorg.config import config_for as mammorg_config
+    from models.versamammo.checkpoint import build_student, config_for
+    from models.versamammo.config import student_preprocess_config
     from node.inference.mammorg import GenerationSettings, MammoRGRunner
-    from node.packages.manifest import read_manifest
+    from models.package.manifest import read_manifest
     from training.mammorg.tokenizer import train_bpe, with_terms
 
     corpus = ["FINDINGS:\nThe breasts are heterogeneously dense. No suspicious masses.\n\nIMPRESSION:\n"

@@ -4,7 +4,7 @@
     python -m bench.froc --checkpoint student.pt [...]      # exports it into a package first
 
 The marks are made exactly as the node makes them: each image of N small phantom studies
-(``training.data.phantom``, a seed never used in training) is preprocessed as the package's
+(``phantoms.study``, a seed never used in training) is preprocessed as the package's
 manifest says, run through the package's ONNX graph by the node's ``VersaMammoRunner``, and its
 lesion map turned into marks on the source image by ``node.marks.image_marks`` (every peak above 0,
 at most ``--limit`` marks per image, so every operating point can be read off one run).
@@ -116,7 +116,7 @@ class PreparedView:
     study: int
     position: str
     image: np.ndarray            # normalised model input (C, H, W)
-    geometry: Any                # models.preprocess_geometry.ModelGeometry
+    geometry: Any                # models.preprocess.geometry.ModelGeometry
     source_shape: tuple[int, int]
     boxes: tuple[tuple[float, float, float, float], ...]
     target: np.ndarray           # training's box-supervision target on the grid (the oracle map)
@@ -125,7 +125,7 @@ class PreparedView:
 def prepare_views(studies_dir: Path, preprocessing: dict[str, Any], grid: int) -> list[PreparedView]:
     """Every standard view of the phantom studies under ``studies_dir``, as the node prepares it."""
     from models.preprocess import PreprocessConfig, normalize, prepare_uint8
-    from models.preprocess_geometry import ModelGeometry
+    from models.preprocess.geometry import ModelGeometry
     from training.data.lesion_map import lesion_grid_target
     from training.data.phantom_records import study_records
 
@@ -162,7 +162,7 @@ def package_maps(package: Path, views: Sequence[PreparedView], batch: int = 16) 
     """The lesion maps the node's runner computes for ``views`` with the package at ``package``."""
     from node.inference.session import SessionSettings
     from node.inference.versamammo import VersaMammoRunner
-    from node.packages.manifest import read_manifest
+    from models.package.manifest import read_manifest
 
     runner = VersaMammoRunner(package, read_manifest(package), SessionSettings(providers=("cpu",)), precision="fp32")
     if not runner.has_lesion_map:
@@ -181,8 +181,8 @@ def export_checkpoint(checkpoint: Path, out: Path, reset_head: bool = False) -> 
     from export.golden import phantom_images
     from export.package import finish_package
     from export.versamammo import export_versamammo
-    from models.versamammo import load_checkpoint
-    from models.versamammo_config import student_preprocess_config
+    from models.versamammo.checkpoint import load_checkpoint
+    from models.versamammo.config import student_preprocess_config
 
     student = load_checkpoint(checkpoint, kind="student").eval()
     if student.lesion_head is None:
@@ -199,8 +199,8 @@ def export_checkpoint(checkpoint: Path, out: Path, reset_head: bool = False) -> 
 def measure(package: Path | None, studies: int, seed: int, limit: int, bootstrap: int,
             checkpoint: Path | None = None, work: Path | None = None) -> dict[str, Any]:
     """The whole bench: phantoms, packages, maps, FROC of the model and of the baselines."""
-    from node.packages.manifest import read_manifest
-    from training.data.phantom import write_phantom_studies
+    from models.package.manifest import read_manifest
+    from phantoms.study import write_phantom_studies
 
     with tempfile.TemporaryDirectory(prefix="mammo-froc-") as tmp:
         root = Path(work or tmp)

@@ -43,7 +43,7 @@ def _time(fn: Callable[[], Any], warmup: int, iters: int) -> float:
 
 
 def student_inference(quick: bool) -> list[dict[str, Any]]:
-    from models.versamammo import build_student, config_for
+    from models.versamammo.checkpoint import build_student, config_for
 
     cfg = config_for("full")
     student = build_student(cfg).cuda().eval().to(memory_format=torch.channels_last)
@@ -67,7 +67,7 @@ def student_inference(quick: bool) -> list[dict[str, Any]]:
 
 
 def student_training(batch: int = 28) -> dict[str, Any]:
-    from models.versamammo import build_student, config_for
+    from models.versamammo.checkpoint import build_student, config_for
     from training.versamammo.distill.losses import (
         contrastive_structure_loss, masked_bce, masked_ce, relational_kd_loss,
     )
@@ -107,7 +107,7 @@ def student_training(batch: int = 28) -> dict[str, Any]:
 
 
 def teacher_ssl_step(batch: int = 32) -> dict[str, Any]:
-    from models.versamammo import config_for
+    from models.versamammo.checkpoint import config_for
     from training.config import SSLSection
     from training.versamammo.ssl.augment import AugmentConfig, MultiCropAugmentation
     from training.versamammo.ssl.masking import SSLCollate

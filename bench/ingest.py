@@ -60,7 +60,7 @@ def _tool(name: str) -> str:
 
 def phantom_files(images: int) -> list[Path]:
     """Full-size phantom studies, generated once and cached under bench/out/."""
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
 
     studies = (images + 3) // 4
     marker = CACHE / f"done-{studies}"
@@ -98,7 +98,7 @@ class Node:
             "deadline_seconds = 3600\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_NODE_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config", str(config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "node.cli.app", "serve", "--config", str(config)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port)
 
@@ -214,7 +214,7 @@ STORESCU_PROPOSE = {"jpeg": "-xs", "jpeg-ls": "-xt", "jpeg2000": "-xv", "rle": "
 
 def _syntax_files(syntax: str, images: int) -> list[Path]:
     """A full-size study in a transfer syntax, generated once and cached."""
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
 
     if syntax == "explicit" and CACHE.exists():
         return sorted(CACHE.glob("study-*/*.dcm"))[:images]

@@ -57,7 +57,7 @@ CONFIGS = {
 
 def phantom_files(size: str, studies: int, syntax: str = "explicit") -> list[Path]:
     """The four views of ``studies`` phantom studies, generated once under bench/out/preprocess/."""
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
 
     folder = OUT / f"phantoms-{size}-{syntax}-{SEED}-{studies}"
     marker = folder / "done"

@@ -65,7 +65,7 @@ def demo_packages() -> dict[str, Path]:
 
 
 def phantom_studies(n: int, size: str) -> list[Path]:
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
 
     root = OUT / f"results-phantoms-{size}-{n}"
     if not (root / "done").exists():

@@ -30,16 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Bump when the recipe below changes: the demo packages' version, and the cache key.
-DEMO_VERSION = "3.0.0"
-NAMES = {"versamammo": "versamammo-demo", "mammorg": "mammorg-demo"}
+from models.package.demo import DEMO_VERSION, NAMES
+
+# Bump models/package/demo.py's DEMO_VERSION when RECIPE changes: the packages' version and cache key.
 RECIPE: dict[str, Any] = {
     "studies": 600, "ssl_iterations": 150, "distill_epochs": 10,
     "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 8, "patches.samples_per_epoch": 4096,
                    "model.student_head_pool": "avg_lesion", "model.student_lesion_map": True,
                    "distill.lesion_map_weight": 10.0, "distill.lesion_map_warmup_epochs": 3,
                    "distill.backbone_lr_mult": 0.1, "distill.head_refit": True},
-    # 3.0.0 was trained before the knowledge-graph edges (models/mammorg_edges.py) existed, with every
+    # 3.0.0 was trained before the knowledge-graph edges (models/mammorg/edges.py) existed, with every
     # schema pair linked: pinned, so --retrain reproduces it (its manifest's recipe predates the key).
     "mammorg": {"knowledge.epochs": 6, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12,
                 "mammorg.graph_edges": "complete"},
@@ -66,15 +66,15 @@ def build(out: Path, threads: int | None = None, recipe: dict[str, Any] | None =
     """Train (or resume), export and package both demo models under ``out``; returns their directories."""
     import torch
 
-    from training.data.phantom import PHANTOM_VERSION
+    from phantoms.study import PHANTOM_VERSION
 
     from export.golden import phantom_images, phantom_views
     from export.mammorg import export_mammorg
     from export.package import finish_package
     from export.versamammo import export_versamammo
-    from models.mammorg import load_mammorg
-    from models.versamammo import load_checkpoint
-    from models.versamammo_config import student_preprocess_config
+    from models.mammorg.model import load_mammorg
+    from models.versamammo.checkpoint import load_checkpoint
+    from models.versamammo.config import student_preprocess_config
     from training.mammorg.evaluate import run_mammorg_eval
     from training.mammorg.proof import KEYS, proof_config as mammorg_config
     from training.versamammo.proof import proof_config as versamammo_config, student_metrics
@@ -129,7 +129,7 @@ def build(out: Path, threads: int | None = None, recipe: dict[str, Any] | None =
     reporting = reporting_sources(mcfg, student_path, model_dir)
 
     # --- export and package --------------------------------------------------------------------
-    provenance = {"data": f"{recipe['studies']} synthetic phantom studies (training.data.phantom, version "
+    provenance = {"data": f"{recipe['studies']} synthetic phantom studies (phantoms.study, version "
                           f"{PHANTOM_VERSION}), 60/20/20 train/val/test", "recipe": recipe,
                   "phantom_version": PHANTOM_VERSION,
                   "command": command or ["python", "-m", "export.bootstrap", "--out", str(out)]}

@@ -110,8 +110,8 @@ def versamammo(checkpoint: Path = typer.Argument(..., exists=True, help="Student
     from export.golden import phantom_images
     from export.package import finish_package
     from export.versamammo import ParityError, export_versamammo
-    from models.versamammo import OfficialCheckpointError, load_checkpoint, load_official_student, read_checkpoint
-    from models.versamammo_config import student_preprocess_config
+    from models.versamammo.checkpoint import OfficialCheckpointError, load_checkpoint, load_official_student, read_checkpoint
+    from models.versamammo.config import student_preprocess_config
 
     evaluation = _read_metrics_file(metrics_file)
     _prepare(out, force)
@@ -148,8 +148,8 @@ def mammorg(model_dir: Path = typer.Argument(..., exists=True, file_okay=False, 
     from export.mammorg import export_mammorg
     from export.package import finish_package
     from export.versamammo import ParityError
-    from models.mammorg import load_mammorg, read_meta
-    from models.mammorg_config import preprocess_config
+    from models.mammorg.model import load_mammorg, read_meta
+    from models.mammorg.config import preprocess_config
 
     evaluation = _read_metrics_file(metrics_file)
     _prepare(out, force)
@@ -177,7 +177,7 @@ def tensorrt(package: Path = typer.Argument(..., exists=True, help="An exported 
              fp16: bool = typer.Option(True, "--fp16/--no-fp16")) -> None:
     """Build TensorRT engines for a package's graphs through ONNX Runtime's TensorRT provider."""
     from node.inference.session import SessionSettings, available_providers, gpu_driver_present, open_session
-    from node.packages.manifest import read_manifest
+    from models.package.manifest import read_manifest
 
     why = None
     if "TensorrtExecutionProvider" not in available_providers():

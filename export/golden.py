@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from models.mammorg_config import VIEWS
+from models.mammorg.config import VIEWS
 from models.preprocess import PreprocessConfig, preprocess
 
 
@@ -21,7 +21,7 @@ def phantom_views(pre: PreprocessConfig, studies: int = 2, seed: int = 9100) -> 
     The last study of two or more has its L-MLO marked missing (zeros), so the golden vectors
     also cover the missing-view path.
     """
-    from training.data.phantom import write_phantom_studies
+    from phantoms.study import write_phantom_studies
 
     h, w = pre.size
     views = np.zeros((studies, len(VIEWS), pre.channels, h, w), dtype=np.float32)

@@ -24,8 +24,8 @@ from torch import nn
 
 from export.onnx_io import export_graph, io_spec
 from export.versamammo import FP32_TOLERANCE, ParityError, compare
-from models.mammorg import MammoRG
-from models.mammorg_config import VIEWS, preprocess_config
+from models.mammorg.model import MammoRG
+from models.mammorg.config import VIEWS, preprocess_config
 
 
 class PrefixGraph(nn.Module):
@@ -93,7 +93,7 @@ def export_mammorg(model: MammoRG, tokenizer: Any, out: Path, golden_views: np.n
 
     from node.inference.mammorg import KVDecoder, MammoRGRunner
     from node.inference.session import SessionSettings
-    from node.packages.manifest import Manifest
+    from models.package.manifest import Manifest
 
     model = copy.deepcopy(model).float().eval()
     if model.vision is None:

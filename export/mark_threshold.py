@@ -18,10 +18,10 @@ import pydicom
 import torch
 
 from models.preprocess import PreprocessConfig, normalize, prepare_uint8
-from models.preprocess_geometry import ModelGeometry
-from models.versamammo import VersaMammoStudent
+from models.preprocess.geometry import ModelGeometry
+from models.versamammo.checkpoint import VersaMammoStudent
 from node.marks import image_marks
-from training.data.records import ImageRecord
+from training.data.image_record import ImageRecord
 
 DEFAULT_FP_PER_IMAGE = 0.5
 CANDIDATES_PER_IMAGE = 8

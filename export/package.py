@@ -1,6 +1,6 @@
 """Assemble a model package: manifest (with sha256 of every file), optional .tar of the directory.
 
-The on-disk format is defined by ``node.packages.manifest`` (the node reads what export writes)
+The on-disk format is defined by ``models.package.manifest`` (the node reads what export writes)
 and documented in docs/model-packages.md.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from models.lexicon import LEXICON_VERSION
-from node.packages.manifest import Manifest, write_manifest
+from models.report.lexicon import LEXICON_VERSION
+from models.package.manifest import Manifest, write_manifest
 
 DEMO_NOTICE = ("DEMONSTRATION MODEL trained on synthetic phantom images: its outputs carry no clinical "
                "meaning. Not for clinical use.")

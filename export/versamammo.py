@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from export.onnx_io import export_graph, io_spec
-from models.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
-from models.versamammo import VersaMammoStudent
-from models.versamammo_config import student_preprocess_config
-from node.inference.versamammo import LESION_MAP, OUTPUTS
-from node.packages.golden import tolerance_violation
+from models.package.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
+from models.versamammo.checkpoint import VersaMammoStudent
+from models.versamammo.config import student_preprocess_config
+from models.package.outputs import LESION_MAP, OUTPUTS
+from models.package.tolerance import tolerance_violation
 
 # Parity tolerances (ONNX Runtime vs torch fp32), recorded in the manifest and used by `models verify`.
 FP32_TOLERANCE = {"rtol": 1e-3, "atol": 1e-3}

@@ -8,7 +8,7 @@ threshold; its region is the cells connected to the peak that hold at least half
 quarter of the grid of its plateau), its centre the probability-weighted centre of those cells; a maximum
 inside a better mark's region is that mark (one large lesion, one mark). Region and centre are
 mapped back through the inverse of the crop, mirror and resize that made the model image
-(``models.preprocess_geometry``, the code training uses for lesion boxes), so they are in pixel
+(``models.preprocess.geometry``, the code training uses for lesion boxes), so they are in pixel
 coordinates of the source image the SR references.
 
 The map is class-agnostic; a mark's kind is the lesion kind (mass, calcification, distortion,
@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.preprocess_geometry import ModelGeometry, clip_box
+from models.preprocess.geometry import ModelGeometry, clip_box
 
-# Lesion kinds of a mark and the classifier findings (models.labels.FINDING_CLASSES) behind each.
+# Lesion kinds of a mark and the classifier findings (models.package.labels.FINDING_CLASSES) behind each.
 KINDS: dict[str, tuple[str, ...]] = {
     "mass": ("Mass",),
     "calcification": ("Suspicious Calcification",),

@@ -8,7 +8,7 @@ study). For each study:
 2. one snapshot of the active model versions, used for the whole study (node.inference.engine);
 3. the selected view of each position is preprocessed exactly as the package's manifest says
    (models.preprocess, the implementation training used);
-4. VersaMammo per view, averaged per breast; MammoRG's report; ``models.reportparse`` reads it;
+4. VersaMammo per view, averaged per breast; MammoRG's report; ``models.report.parse`` reads it;
 5. the outputs each configured destination gets are planned (node.outputs.prepare: kinds and
    identities; the bytes are rendered later on the delivery threads);
 6. the result, its queued outputs (node.outbox) and PROCESSING -> DONE in one journal
@@ -49,14 +49,13 @@ import numpy as np
 import pydicom
 
 from models.preprocess import PreprocessConfig, normalize, prepare_uint8
-from models.preprocess_geometry import ModelGeometry
-from models.reportparse import parse_report
+from models.preprocess.geometry import ModelGeometry
+from models.report.parse import parse_report
 from node.inference.engine import InferenceEngine
 from node.journal import Journal
 from node.logref import study_ref
 from node.marks import image_marks, lesion_map_record, mark_settings
 from node.results import breast_probabilities, build_result, reporting_sources
-from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.prepare import OutputPreparer
 from node.views import POSITIONS
 
@@ -341,7 +340,8 @@ class Pipeline:
         versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
         finished_at = time.time()
         try:
-            outputs = self._plan_outputs(study_uid, result, finished_at)
+            outputs = ([] if self.outputs is None else
+                       self.outputs.plan_study(self.journal, self.data_dir, study_uid, result, finished_at))
         except Exception as exc:  # unreadable headers, a bug: keep the study visible and retryable
             log.exception("study %s: planning its outputs failed", study_ref(study_uid))
             return self._fail(study_uid, f"planning the outputs failed ({type(exc).__name__}: {exc})")
@@ -351,21 +351,6 @@ class Pipeline:
         if self.on_done is not None:
             self.on_done(study_uid, DONE, result)
         return DONE
-
-    def _plan_outputs(self, study_uid: str, result: dict[str, Any], created_at: float) -> list[dict[str, Any]]:
-        """The outbox rows of this result (rendered later, on the delivery threads). A result that
-        changes an earlier, delivered one records what it replaces (node.outputs.amend)."""
-        if self.outputs is None or not self.outputs.enabled:
-            return []
-        replaces = replaced_outputs(self.journal.get_result(study_uid), result, study_uid,
-                                    delivered_identities(self.journal, study_uid))
-        if replaces:
-            result["replaces"] = replaces
-        source = self.outputs.sources.get(self.journal, self.data_dir, study_uid)  # reused when rendering
-        if source is None:
-            log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
-            return []
-        return self.outputs.plan(source, result, created_at)
 
     def _fail(self, study_uid: str, reason: str) -> str:
         self.journal.transition(study_uid, PROCESSING, FAILED, reason[:500])

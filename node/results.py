@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.report_types import ReportResult
+from models.report.result import ReportResult
 
 SIDES = ("R", "L")
 FINDING_THRESHOLD = 0.5  # classifier findings at or above this probability are listed as present

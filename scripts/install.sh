@@ -2,11 +2,13 @@
 # The one install procedure for mammo-node: used by `make run`, `make test`, CI and the
 # Dockerfiles, so what CI tests is what a deployment runs.
 #
-#   scripts/install.sh [--dev] [--train] [--system]
+#   scripts/install.sh [--dev] [--train] [--system] [--unpinned]
 #     --dev     also install the test dependencies (extra "dev")
 #     --train   also install the training/export stack (extra "train": torch, timm, ...)
 #     --system  install the Debian tools the tests use as peers (dcmtk, orthanc, dicom3tools);
 #               needs root, skipped with a notice otherwise
+#     --unpinned  ignore constraints.txt (the versions the suite passed with); only
+#               scripts/refresh-constraints.sh uses it
 # Environment: VENV (default .venv), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +17,13 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 extras=()
 system=0
+pinned=1
 for arg in "$@"; do
   case "$arg" in
     --dev) extras+=(dev) ;;
     --train) extras+=(train) ;;
     --system) system=1 ;;
+    --unpinned) pinned=0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -52,7 +56,11 @@ if [ ${#extras[@]} -gt 0 ]; then
   spec=".[$(IFS=,; echo "${extras[*]}")]"
 fi
 log=$(mktemp)
-if ! "$VENV/bin/python" -m pip install -q -e "$spec" >"$log" 2>&1; then
+constraints=()
+if [ "$pinned" = 1 ]; then
+  constraints=(-c constraints.txt)
+fi
+if ! "$VENV/bin/python" -m pip install -q ${constraints[@]+"${constraints[@]}"} -e "$spec" >"$log" 2>&1; then
   cat "$log" >&2; rm -f "$log"; exit 1
 fi
 rm -f "$log"

@@ -14,11 +14,11 @@ from export.golden import phantom_images, phantom_views
 from export.mammorg import export_mammorg
 from export.package import finish_package
 from export.versamammo import export_versamammo
-from models.mammorg import build_mammorg, set_bank
-from models.mammorg_config import config_for as mammorg_config
-from models.mammorg_config import preprocess_config
-from models.versamammo import build_student, config_for
-from models.versamammo_config import student_preprocess_config
+from models.mammorg.model import build_mammorg, set_bank
+from models.mammorg.config import config_for as mammorg_config
+from models.mammorg.config import preprocess_config
+from models.versamammo.checkpoint import build_student, config_for
+from models.versamammo.config import student_preprocess_config
 from training.mammorg.tokenizer import train_bpe, with_terms
 
 REPORTS = [

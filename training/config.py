@@ -33,7 +33,7 @@ class RunSection(_Section):
 
 
 class ModelSection(_Section):
-    """Which VersaMammo preset (models.versamammo) and optional overrides."""
+    """Which VersaMammo preset (models.versamammo.checkpoint) and optional overrides."""
 
     size: Literal["tiny", "full"] = "tiny"
     teacher_checkpoint: Path | None = None  # official DINOv2-format or our own stage-1 checkpoint
@@ -43,7 +43,7 @@ class ModelSection(_Section):
     # or "lesion_patches": the student pretrained on lesion patches of the training set's boxes
     # (`mammo-train versamammo-patches`, output run.out_dir/patches/student_patches.pt).
     student_init: Literal["random", "lesion_patches"] = "random"
-    # Student head options over the preset (None keeps the preset's; models.versamammo_config):
+    # Student head options over the preset (None keeps the preset's; models.versamammo.config):
     # "avg_max" pooling for the heads, and the lesion map that distill.lesion_map_weight trains.
     student_head_pool: Literal["avg", "avg_max", "avg_lesion"] | None = None
     student_lesion_map: bool | None = None
@@ -164,7 +164,7 @@ class PatchesSection(_Section):
 
 
 class MammoRGSection(_Section):
-    """MammoRG model and tokenizer (models.mammorg); the frozen student is ``model.student_checkpoint``."""
+    """MammoRG model and tokenizer (models.mammorg.model); the frozen student is ``model.student_checkpoint``."""
 
     size: Literal["tiny", "full"] = "tiny"
     lm_path: Path | None = None  # local Hugging Face causal LM directory; None = built from the preset (tiny)
@@ -172,7 +172,7 @@ class MammoRGSection(_Section):
     tokenizer_vocab: int = Field(default=2000, ge=300)
     terms_language: Literal["en", "zh", "all"] = "all"  # which lexicon surface forms become atomic tokens
     knowledge: bool = True  # False: no graph or report tokens (the ablation)
-    # Knowledge-graph edges (models.mammorg_edges): "knowledge" = the curated BI-RADS-atlas table
+    # Knowledge-graph edges (models.mammorg.edges): "knowledge" = the curated BI-RADS-atlas table
     # plus co-occurrence in the parsed training reports seen at least graph_min_count times and in
     # at least graph_min_fraction of the head's occurrences; "atlas", "reports" alone; "complete"
     # (every schema pair, the old graph) and "none" for ablations.

@@ -36,7 +36,7 @@ FAMILIES: dict[str, frozenset[str]] = {
     "rle": frozenset({"1.2.840.10008.1.2.5"}),
 }
 
-# The plugin preprocessing prefers (models.preprocess_intensity): CharLS for JPEG-LS. Used alone,
+# The plugin preprocessing prefers (models.preprocess.intensity): CharLS for JPEG-LS. Used alone,
 # without falling back to another plugin, so a strict decoder's refusal is not overruled by a
 # lenient one that decodes damaged data into wrong pixels.
 _PREFERRED = {JPEGLSLossless: "pyjpegls", JPEGLSNearLossless: "pyjpegls"}

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from node.inference.session import SessionSettings, device_of, open_session
-from node.packages.manifest import Manifest
+from models.package.manifest import Manifest
 
 
 @dataclass(frozen=True)

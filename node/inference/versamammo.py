@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from models.package.manifest import Manifest
+from models.package.outputs import LESION_MAP, OUTPUTS
 from node.inference.session import SessionSettings, device_of, open_session
-from node.packages.manifest import Manifest
 
-OUTPUTS = ("feature", "birads", "density", "findings", "feature_grid")
-LESION_MAP = "lesion_map"  # optional output: only packages whose student has a lesion map
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.sop_class import Comprehensive3DSRStorage, MammographyCADSRStorage
 
 from node.outputs.common import SERIES_NUMBER, TID1500_KINDS, TID1500_SOP_CLASSES, NotApplicable, report_family
-from node.outputs.source import output_identity
+from node.outputs.identity import control_id, filler_order_number, output_identity
 
 if TYPE_CHECKING:
     from node.journal import Journal
@@ -62,8 +62,6 @@ def document_numbers(result: dict[str, Any], kind: str, series_uid: str) -> tupl
 def _identity(kind: str, study_uid: str, result: dict[str, Any]) -> dict[str, str] | None:
     """What a receiver knows an output of ``kind`` by: the SR's UIDs, or the ORU's control ID."""
     if kind == "oru":
-        from node.outputs.hl7 import control_id, filler_order_number
-
         return {"control_id": control_id(study_uid, result),
                 "filler_order_number": filler_order_number(study_uid, result)}
     if report_family(kind) == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
@@ -137,10 +135,4 @@ def predecessor_documents(result: dict[str, Any], kind: str) -> list[Dataset]:
     return [study]
 
 
-def replaced_control_id(result: dict[str, Any]) -> str | None:
-    """MSH-10 of the ORU^R01 this result's ORU replaces, or None."""
-    link = (result.get("replaces") or {}).get("oru")
-    return link["control_id"] if link else None
-
-
-__all__ = ["SR_SOP_CLASSES", "document_numbers", "delivered_identities", "predecessor_documents", "replaced_control_id", "replaced_outputs"]
+__all__ = ["SR_SOP_CLASSES", "document_numbers", "delivered_identities", "predecessor_documents", "replaced_outputs"]

@@ -1,4 +1,4 @@
-"""Coded concepts for the SR encoders, from the shared lexicon (models.lexicon) and DICOM PS3.16.
+"""Coded concepts for the SR encoders, from the shared lexicon (models.report.lexicon) and DICOM PS3.16.
 
 One place maps our result vocabulary (BI-RADS "4B", density "C", finding and descriptor ids) to
 codes, so TID 1500 and TID 4000 say the same thing the same way. Meanings are at most 64
@@ -11,7 +11,7 @@ from typing import Any
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
-from models import lexicon
+from models.report import lexicon
 
 # BI-RADS 4A/4B/4C have no SNOMED CT code of their own: they are sent as the category-4 concept
 # with a meaning that keeps the subcategory (docs/dicom-sr.md). Category 6 has none at all.

@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node.outputs.common import DEVICE_NAME, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
-from node.outputs.source import SourceImage, SourceStudy, derived_uid, document_identity, stamp
+from node.outputs.source import SourceImage, SourceStudy, stamp
+from node.outputs.identity import derived_uid, document_identity
 
 KIND = "gsps"
 SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State Storage

@@ -28,9 +28,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from models.preprocess_geometry import ModelGeometry
+from models.preprocess.geometry import ModelGeometry
 from node.outputs.common import DEVICE_NAME, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
-from node.outputs.source import SourceImage, SourceStudy, document_identity, stamp
+from node.outputs.source import SourceImage, SourceStudy, stamp
+from node.outputs.identity import document_identity
 
 KIND = "heatmap_sc"
 SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage

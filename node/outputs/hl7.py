@@ -12,20 +12,18 @@ hl7apy's STRICT validation before it leaves here. docs/hl7-interface.md is the s
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from models import lexicon
-from models.reportparse import _HEADER as _SECTION_HEADER
+from models.report import lexicon
+from models.report.parse import _HEADER as _SECTION_HEADER
 from node.config import HL7Output
-from node.outputs.amend import replaced_control_id
 from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
-from node.outputs.source import SourceStudy, output_identity
+from node.outputs.identity import control_id, filler_order_number, replaced_control_id
+from node.outputs.source import SourceStudy
 
 HL7_VERSION = "2.5.1"
 MESSAGE_TYPE = "ORU^R01^ORU_R01"
@@ -182,26 +180,6 @@ class _Observations:
 
 
 # ---------------------------------------------------------------------- the message
-def control_id(study_uid: str, result: dict[str, Any]) -> str:
-    """MSH-10: "MN" + 16 hex digits, equal for an identical resend and new for a changed result
-    (the result fingerprint the SR UIDs use, plus status and missing views, which the ORU states)."""
-    fingerprint = output_identity(study_uid, result, "hl7").fingerprint
-    extra = json.dumps([fingerprint, result.get("status"), sorted(result.get("missing_views") or [])])
-    return "MN" + hashlib.sha256(extra.encode()).hexdigest()[:16]
-
-
-def filler_order_number(study_uid: str, result: dict[str, Any]) -> str:
-    """ORC-3/OBR-3 of an AI result: "AI" + 16 hex digits, from the study and the set of models
-    (their kinds, not versions), so a resend and a re-processing after a model upgrade keep it; a
-    result replacing an earlier one takes the earlier one's number (``result["replaces"]["oru"]``),
-    so the RIS replaces that result even when the model set changed."""
-    link = (result.get("replaces") or {}).get("oru") or {}
-    if link.get("filler_order_number"):
-        return str(link["filler_order_number"])
-    kinds = sorted((result.get("models") or {}).keys())
-    return "AI" + hashlib.sha256(json.dumps(["filler", study_uid, kinds]).encode()).hexdigest()[:16].upper()
-
-
 def _exam_orders(source: SourceStudy) -> tuple[str, str]:
     """(placer, filler) order numbers of the exam, (0040,2016) and (0040,2017), from the image
     header or its first Request Attributes Sequence item that has them; "" when absent."""
@@ -356,7 +334,7 @@ def _observations(source: SourceStudy, result: dict[str, Any], status: str = "P"
 
 def _report_lines(text: str) -> list[tuple[tuple[str, str, str], str]]:
     """Each report line with its OBX-3: a section heading (FINDINGS, IMPRESSION, RECOMMENDATION,
-    their Chinese forms ... as models.reportparse reads them) starts a section; impression lines are
+    their Chinese forms ... as models.report.parse reads them) starts a section; impression lines are
     19005-8, recommendation lines 18783-1 (also a line of the impression that starts with
     Recommend, Suggest, Continue, Follow-up, Return or 建议), every other line 18782-3."""
     out = []
@@ -518,5 +496,4 @@ def _read_obx(f: list[str], out: dict[str, Any], lines: list[str]) -> None:
         breast["findings"].append(term_id)
 
 
-__all__ = ["HL7_VERSION", "LOCAL", "MESSAGE_TYPE", "Coded", "build_oru", "control_id", "escape",
-           "filler_order_number", "parse_oru", "unescape", "validate_oru"]
+__all__ = ["HL7_VERSION", "LOCAL", "MESSAGE_TYPE", "Coded", "build_oru", "escape", "parse_oru", "unescape", "validate_oru"]

@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset
 from node.config import Settings
 from node.fsutil import write_atomic
 from node.journal import Journal
+from node.logref import study_ref
+from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.common import TID1500_KINDS, NotApplicable, installation_device_uid, report_family
 from node.outputs.source import SourceStudy
 
@@ -86,7 +88,8 @@ def build_output(kind: str, source: SourceStudy, result: dict[str, Any], created
         ds = build_mammography_cad_sr(source, result, created_at=created_at, device_uid=device_uid(settings))
         return str(ds.SOPInstanceUID), _dicom_bytes(ds)
     if kind == "oru":
-        from node.outputs.hl7 import build_oru, control_id
+        from node.outputs.hl7 import build_oru
+        from node.outputs.identity import control_id
 
         assert settings.outputs.hl7 is not None
         message = build_oru(source, result, settings.outputs.hl7, created_at=created_at)
@@ -99,7 +102,7 @@ def planned_document(kind: str, source: SourceStudy, result: dict[str, Any], cre
     """What an SR of ``kind`` will be known by (UIDs, SOP class, numbers), without building it;
     NotApplicable where none is made. The same functions as the writers', so they agree."""
     from node.outputs.amend import SR_SOP_CLASSES, document_numbers
-    from node.outputs.source import document_identity
+    from node.outputs.identity import document_identity
 
     if report_family(kind) == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
         raise NotApplicable("no model ran (views missing): no TID 1500 SR")
@@ -116,7 +119,7 @@ def planned_identity(kind: str, source: SourceStudy, result: dict[str, Any], cre
     if kind in SR_KINDS:
         return str(planned_document(kind, source, result, created_at, device_uid(settings))["sop_instance_uid"])
     if kind == "oru":
-        from node.outputs.hl7 import control_id
+        from node.outputs.identity import control_id
 
         if not str(source.get("PatientID", "")).strip():
             raise NotApplicable("the source study has no PatientID; an ORU^R01 needs PID-3")
@@ -194,6 +197,24 @@ class OutputPreparer:
     def payload_path(self, kind: str, identity: str) -> str:
         suffix = "hl7" if kind == "oru" else "dcm"
         return str((self.dir / f"{kind}-{identity}.{suffix}").relative_to(self.settings.data_dir))
+
+    def plan_study(self, journal: Journal, data_dir: Path, study_uid: str, result: dict[str, Any],
+                   created_at: float) -> list[dict[str, Any]]:
+        """Everything the pipeline needs for a new result, in one call: the outbox rows of ``result``
+        (rendered later, on the delivery threads). A result that changes an earlier, delivered one
+        records what it replaces (node.outputs.amend); the selected images' headers are read once
+        here and kept for rendering (``sources``)."""
+        if not self.enabled:
+            return []
+        replaces = replaced_outputs(journal.get_result(study_uid), result, study_uid,
+                                    delivered_identities(journal, study_uid))
+        if replaces:
+            result["replaces"] = replaces
+        source = self.sources.get(journal, data_dir, study_uid)
+        if source is None:
+            log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
+            return []
+        return self.plan(source, result, created_at)
 
     def plan(self, source: SourceStudy, result: dict[str, Any], created_at: float) -> list[dict[str, Any]]:
         """Outbox rows (destination, kind, identity, payload path relative to data_dir) for ``result``,

@@ -17,7 +17,8 @@ import numpy as np
 from highdicom.sr import CodedConcept
 
 from node.outputs import codes as C
-from node.outputs.source import SourceImage, derived_uid
+from node.outputs.source import SourceImage
+from node.outputs.identity import derived_uid
 
 CERTAINTY_OF_FINDING = CodedConcept("111012", "DCM", "Certainty of Finding")
 PERCENT = CodedConcept("%", "UCUM", "Percent")

@@ -7,16 +7,14 @@ study modules, and HL7 fills PID/OBR from the same attributes. Only headers are 
 from __future__ import annotations
 
 import hashlib
-import json
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-import uuid
 
 from node.views import POSITIONS
 
@@ -203,48 +201,6 @@ class SourceStudy:
         return cls(str(images[0].dataset.StudyInstanceUID), tuple(images))
 
 
-def result_fingerprint(study_uid: str, models: dict[str, str], result: dict[str, Any]) -> str:
-    """A short stable digest of what a result says (HL7 control IDs derive from it; the SRs use
-    :func:`document_identity`, which covers everything their bytes depend on)."""
-    text = json.dumps({"study": study_uid, "models": models,
-                       "breasts": result.get("breasts"), "report": result.get("report")}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def derived_uid(*parts: Iterable[str] | str) -> str:
-    """A deterministic UID (2.25 form, PS3.5 B.2) from the given strings: the same inputs always give
-    the same UID, so a resent SR replaces itself in the PACS instead of piling up copies."""
-    flat: list[str] = []
-    for part in parts:
-        flat.extend([part] if isinstance(part, str) else list(part))
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(flat)).int}"
-
-
-# A fixed namespace for our name-based (version 5) UUIDs; 2.25.<uuid as integer> is a valid UID.
-_UID_NAMESPACE = uuid.UUID("6d616d6d-6f2d-4e6f-8465-2d7569647321")
-
-
-@dataclass(frozen=True)
-class OutputIdentity:
-    """The UIDs of one output object: a series per (study, kind, model versions) and an instance per
-    result content, so an identical resend carries the same UIDs (PACS de-duplicates it) while a
-    result produced by other models or changed by reprocessing is a new object."""
-
-    series_instance_uid: str
-    sop_instance_uid: str
-    fingerprint: str
-
-
-def output_identity(study_uid: str, result: dict[str, Any], kind: str) -> OutputIdentity:
-    """The identity from the result alone: what HL7 control IDs derive from, and what the SRs of
-    results journaled before document_identity existed were named by (node.outputs.amend)."""
-    models = dict(result.get("models", {}))
-    fingerprint = result_fingerprint(study_uid, models, result)
-    versions = [f"{k}={v}" for k, v in sorted(models.items())]
-    return OutputIdentity(derived_uid("series", study_uid, kind, versions),
-                          derived_uid("instance", study_uid, kind, fingerprint), fingerprint)
-
-
 @dataclass(frozen=True)
 class Stamp:
     """The SR's own date and time (content, series, instance creation) and the offset they are in."""
@@ -270,36 +226,3 @@ def stamp(created_at: float, source: SourceStudy) -> Stamp:
         minutes = (int(offset[1:3]) * 60 + int(offset[3:5])) * (1 if offset[0] == "+" else -1)
         when = datetime.fromtimestamp(created_at, tz=timezone(timedelta(minutes=minutes)))
     return Stamp(when.strftime("%Y%m%d"), when.strftime("%H%M%S"), offset)
-
-
-# What of the result an SR shows (the rest, e.g. processing seconds, never reaches its bytes).
-_DOCUMENT_RESULT_KEYS = ("status", "missing_views", "breasts", "disagreements", "report", "models",
-                         "replaces", "preliminary")
-# CAD marks (node.marks) and whether localisation was attempted: part of the identity only when the
-# result has them, so results journaled before they existed keep the UIDs they were planned with.
-_OPTIONAL_RESULT_KEYS = ("localization", "marks")
-
-
-def document_identity(source: SourceStudy, result: dict[str, Any], kind: str, created_at: float,
-                      *, device_uid: str, extra: Iterable[str] = ()) -> OutputIdentity:
-    """The UIDs of one SR: the series per (study, kind, model versions); the instance from
-    everything its bytes depend on: the result as shown, the source images and their headers, the
-    creation stamp, the node's software version and device UID, and ``extra`` (the writer's own
-    choices, e.g. the SOP class). Same content, same UID (a resend replaces itself in the PACS);
-    different content, a different UID (a PACS never sees two versions under one UID)."""
-    from node.outputs.common import SOFTWARE_VERSION
-
-    models = dict(result.get("models", {}))
-    when = stamp(created_at, source)
-    text = json.dumps({
-        "study": source.study_uid, "kind": kind,
-        "result": {**{key: result.get(key) for key in _DOCUMENT_RESULT_KEYS},
-                   **{key: result[key] for key in _OPTIONAL_RESULT_KEYS if key in result}},
-        "images": [[i.position, i.sop_class_uid, i.series_instance_uid, i.sop_instance_uid] for i in source.images],
-        "headers": source.header_digest(), "stamp": [when.datetime, when.offset],
-        "software": SOFTWARE_VERSION, "device": device_uid, "extra": list(extra),
-    }, sort_keys=True, default=str)
-    fingerprint = hashlib.sha256(text.encode()).hexdigest()[:32]
-    versions = [f"{k}={v}" for k, v in sorted(models.items())]
-    return OutputIdentity(derived_uid("series", source.study_uid, kind, versions),
-                          derived_uid("instance", source.study_uid, kind, fingerprint), fingerprint)

@@ -33,12 +33,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
-from models import lexicon
+from models.report import lexicon
 from node.outputs import codes as C
 from node.outputs.amend import document_numbers, predecessor_documents
 from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION, SOFTWARE_VERSION,
                                  completion, model_label, report_language)
-from node.outputs.source import SourceImage, SourceStudy, derived_uid, document_identity, stamp
+from node.outputs.source import SourceImage, SourceStudy, stamp
+from node.outputs.identity import derived_uid, document_identity
 from node.views import VIEW_CODES as VIEW_NAMES
 
 KIND = "tid4000"

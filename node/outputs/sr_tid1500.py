@@ -32,14 +32,15 @@ from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, C
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from models import lexicon
+from models.report import lexicon
 from node.outputs import codes as C
 from node.outputs.amend import document_numbers, predecessor_documents
 from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION, SOFTWARE_VERSION,
                                  TID1500_KINDS, TID1500_SOP_CLASSES, NotApplicable, completion, model_label,
                                  report_language)
 from node.outputs.roi_groups import read_region_groups, region_groups
-from node.outputs.source import SourceImage, SourceStudy, derived_uid, document_identity, stamp
+from node.outputs.source import SourceImage, SourceStudy, stamp
+from node.outputs.identity import derived_uid, document_identity
 
 KIND = "tid1500"
 COMPREHENSIVE_SR = TID1500_SOP_CLASSES["comprehensive"]

@@ -1,5 +1,6 @@
-"""Model packages: the on-disk format (``manifest``), and the installed set (``registry``).
+"""Installed model packages on a node: the registry (install, verify, activate, roll back),
+running a package's golden vectors here (``golden``) and finding the shipped demo packages
+(``demo``). The package format itself is ``models.package`` (shared with export).
 
-docs/model-packages.md describes the format and the admin workflow. Pure Python + numpy: the
-format is shared by ``export/`` (which writes packages) and the node (which reads them).
+docs/model-packages.md describes the format and the admin workflow. Torch-free.
 """

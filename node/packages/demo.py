@@ -1,18 +1,18 @@
 """The demonstration model packages shipped in the repository, under ``deploy/demo-models/``.
 
 ``mammo-node models bootstrap-demo`` installs them when they are there for the current
-``export.bootstrap.DEMO_VERSION`` (``deploy/demo-models/<name>@<version>/``, one normal model
+``models.package.demo.DEMO_VERSION`` (``deploy/demo-models/<name>@<version>/``, one normal model
 package per kind), so a node gets demo models without torch and without training. Torch-free:
 this looks at files only; the registry checks the packages (sha256s, golden vectors) when it
-installs them. ``export.bootstrap`` is imported inside the functions (it is stdlib-only at import
-time) so that importing the node's modules never loads ``export``.
+installs them.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from node.packages.manifest import MANIFEST
+from models.package.demo import DEMO_VERSION, NAMES
+from models.package.manifest import MANIFEST
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO_ROOT / "deploy" / "demo-models"
@@ -20,15 +20,11 @@ ENV = "MAMMO_NODE_DEMO_MODELS_DIR"  # another directory in the same layout (test
 
 
 def demo_version() -> str:
-    from export.bootstrap import DEMO_VERSION
-
     return DEMO_VERSION
 
 
 def demo_refs() -> dict[str, str]:
     """``{kind: NAME@VERSION}`` of the demo packages of the current recipe."""
-    from export.bootstrap import DEMO_VERSION, NAMES
-
     return {kind: f"{name}@{DEMO_VERSION}" for kind, name in NAMES.items()}
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from node.fsutil import fsync_dir, write_atomic
 from node.inference.session import SessionSettings
-from node.packages.manifest import KINDS, MANIFEST, Manifest, PackageError, check_files, read_manifest
+from models.package.manifest import KINDS, MANIFEST, Manifest, PackageError, check_files, read_manifest
 
 
 @dataclass(frozen=True)

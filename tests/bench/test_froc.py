@@ -11,7 +11,7 @@ import bench.froc as froc
 from export.golden import phantom_images
 from export.package import finish_package
 from export.versamammo import export_versamammo
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.config import student_preprocess_config
 from tests.export.test_export_lesion_map import lesion_student
 
 BOX = (10.0, 10.0, 20.0, 20.0)

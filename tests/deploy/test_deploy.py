@@ -78,7 +78,8 @@ def test_example_configurations_are_valid(path: Path) -> None:
 
 def test_lab_ris_listener_acknowledges_an_oru(tmp_path: Path) -> None:
     from node.config import HL7Output
-    from node.outputs.hl7 import build_oru, control_id
+    from node.outputs.hl7 import build_oru
+    from node.outputs.identity import control_id
     from node.outputs.mllp import MLLPClient
     from tests.node.outputs_helpers import phantom_case
 
@@ -88,7 +89,7 @@ def test_lab_ris_listener_acknowledges_an_oru(tmp_path: Path) -> None:
                              "--out", str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert "RIS listener on" in proc.stdout.readline()
-        from training.data.phantom import PhantomOptions, write_phantom_studies
+        from phantoms.study import PhantomOptions, write_phantom_studies
 
         write_phantom_studies(tmp_path / "ph", 1, seed=3, options=PhantomOptions(size="small"))
         source, result = phantom_case(next(p for p in (tmp_path / "ph").iterdir() if p.is_dir()))

@@ -139,7 +139,7 @@ class Sandbox:
     def start_node(self) -> None:
         from node.dicom.scu import echo
 
-        self.node = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config",
+        self.node = subprocess.Popen([sys.executable, "-m", "node.cli.app", "serve", "--config",
                                       "deploy/config/default.toml"], cwd=ROOT, env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.node.poll() is None and echo("127.0.0.1", NODE_PORT, timeout=1)[0], timeout=60,
@@ -188,7 +188,7 @@ class Sandbox:
         if not path.exists():
             studies = sorted(p for p in Path("/tmp/phantoms").glob("study-*") if (p / "report.txt").exists())
             if not studies:
-                from training.data.phantom import PhantomOptions, write_phantom_studies
+                from phantoms.study import PhantomOptions, write_phantom_studies
 
                 write_phantom_studies(self.root / "ph", 3, seed=5, options=PhantomOptions(size="small"))
                 studies = sorted((self.root / "ph").glob("study-*"))

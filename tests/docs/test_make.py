@@ -25,17 +25,17 @@ def test_make_test_is_what_ci_runs() -> None:
 
 
 def test_make_run_installs_the_runtime_only_when_the_demo_packages_are_shipped(tmp_path: Path) -> None:
-    """Both demo packages for export.bootstrap's DEMO_VERSION in deploy/demo-models/: `make run` installs
+    """Both demo packages for models.package.demo's DEMO_VERSION in deploy/demo-models/: `make run` installs
     the runtime (no torch) and bootstrap-demo installs them; anything less: the training extras, to train."""
-    from export.bootstrap import DEMO_VERSION, NAMES
+    from models.package.demo import DEMO_VERSION, NAMES
 
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^run: \$\(if \$\(word 2,\$\(DEMO_SHIPPED\)\),install,install-train\)\n"
                      r"\t\$\(VENV\)/bin/mammo-node models bootstrap-demo --config \$\(CONFIG\)\n"
                      r"\t\$\(VENV\)/bin/mammo-node serve --config \$\(CONFIG\)\n", makefile, re.M)
     (tmp_path / "Makefile").write_text(makefile)
-    (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "bootstrap.py").write_text((ROOT / "export" / "bootstrap.py").read_text())
+    (tmp_path / "models" / "package").mkdir(parents=True)
+    (tmp_path / "models" / "package" / "demo.py").write_text((ROOT / "models" / "package" / "demo.py").read_text())
 
     def installs(*packages: str) -> list[str]:
         shipped = tmp_path / "deploy" / "demo-models"
@@ -68,7 +68,7 @@ def test_make_run_serves_the_demo_models(tmp_path: Path) -> None:
 
     data = tmp_path / "var"
     registry = ModelRegistry(data / "models")
-    from export.bootstrap import DEMO_VERSION, NAMES
+    from models.package.demo import DEMO_VERSION, NAMES
 
     registry.install(build_versamammo_package(tmp_path / "vm", DEMO_VERSION, name=NAMES["versamammo"]),
                      activate=True)

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _cli(config: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "node.cli", "models", *args, "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "node.cli.app", "models", *args, "--config", str(config)],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,7 +40,7 @@ def node_config(tmp_path_factory) -> Path:
 def test_demo_models_are_active_verified_and_labelled_not_for_clinical_use(node_config):
     listed = json.loads(_cli(node_config, "list", "--json").stdout)
     from export.bootstrap import DEMO_VERSION, QUICK_RECIPE
-    from training.data.phantom import PHANTOM_VERSION
+    from phantoms.study import PHANTOM_VERSION
 
     assert listed["active"] == {"versamammo": f"versamammo-demo@{DEMO_VERSION}", "mammorg": f"mammorg-demo@{DEMO_VERSION}"}
     for package in listed["packages"]:
@@ -72,7 +72,7 @@ def test_demo_models_read_a_new_phantom_study(node_config, tmp_path):
     the report parser reads as one density and one BI-RADS per breast."""
     from export.golden import phantom_views
     from models.preprocess import PreprocessConfig
-    from models.reportparse import parse_report
+    from models.report.parse import parse_report
     from node.config import load_settings
     from node.inference.engine import InferenceEngine
     from node.packages.registry import ModelRegistry

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from models.versamammo import save_checkpoint
+from models.versamammo.checkpoint import save_checkpoint
 from tests.packages import tiny_student
 
 
@@ -29,7 +29,7 @@ def test_versamammo_checkpoint_to_installed_package(tmp_path):
     assert again.returncode == 2 and "--force" in again.stderr
     config = tmp_path / "node.toml"
     config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n[inference]\nproviders = ["cpu"]\n')
-    installed = subprocess.run([sys.executable, "-m", "node.cli", "models", "install", info["package"], "--json",
+    installed = subprocess.run([sys.executable, "-m", "node.cli.app", "models", "install", info["package"], "--json",
                                 "--config", str(config)], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     manifest = json.loads((tmp_path / "data" / "models" / "packages" / "versamammo@0.3.0" / "manifest.json").read_text())
@@ -50,7 +50,7 @@ def test_tensorrt_without_tensorrt_explains_and_fails(tmp_path):
 
 def test_mammorg_model_dir_to_package(tmp_path):
     """`mammo-export mammorg MODEL_DIR --out DIR --version V --tar`, as docs/model-packages.md shows."""
-    from models.mammorg import save_mammorg
+    from models.mammorg.model import save_mammorg
     from tests.packages import tiny_mammorg
 
     model, tokenizer = tiny_mammorg(2)

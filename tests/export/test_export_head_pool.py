@@ -8,11 +8,11 @@ import torch
 from export.golden import phantom_images
 from export.versamammo import compare, export_versamammo, reference_outputs
 from export.package import finish_package
-from models.versamammo import build_student, config_for
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.checkpoint import build_student, config_for
+from models.versamammo.config import student_preprocess_config
 from node.inference.session import SessionSettings
 from node.inference.versamammo import VersaMammoRunner
-from node.packages.manifest import read_manifest
+from models.package.manifest import read_manifest
 
 
 def test_avg_lesion_student_exports_with_fp32_parity(tmp_path) -> None:

@@ -11,12 +11,12 @@ import torch
 from export.golden import phantom_images
 from export.package import finish_package
 from export.versamammo import compare, export_versamammo, reference_outputs
-from models.versamammo import build_student, config_for
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.checkpoint import build_student, config_for
+from models.versamammo.config import student_preprocess_config
 from node.inference.session import SessionSettings
 from node.inference.versamammo import VersaMammoRunner
 from node.packages.golden import check_golden
-from node.packages.manifest import read_manifest
+from models.package.manifest import read_manifest
 
 CPU = SessionSettings(providers=("cpu",))
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from export.golden import phantom_views
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.config import student_preprocess_config
 from node.inference.mammorg import GenerationSettings, MammoRGRunner
 from node.inference.session import SessionSettings
-from node.packages.manifest import check_files, read_manifest
+from models.package.manifest import check_files, read_manifest
 from tests.packages import build_mammorg_package, tiny_mammorg
 
 CPU = SessionSettings(providers=("cpu",))
@@ -126,8 +126,8 @@ def test_large_graphs_are_written_with_external_data(tmp_path):
 def test_the_manifest_carries_the_encoders_preprocessing_both_ways(exported, tmp_path):
     """Issue 20: a model trained on the official MammoRG geometry (shortest side, centre crop,
     0.5/0.5) ships it in its manifest, golden vectors made that way; ours ships the student's."""
-    from models.mammorg import load_mammorg, save_mammorg
-    from models.mammorg_config import preprocess_config
+    from models.mammorg.model import load_mammorg, save_mammorg
+    from models.mammorg.config import preprocess_config
     from models.preprocess import PreprocessConfig, official_mammorg_config
 
     model, ours = exported[0], exported[2].preprocessing

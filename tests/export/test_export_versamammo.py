@@ -8,10 +8,10 @@ import pytest
 
 from export.golden import phantom_images
 from export.versamammo import FP16_TOLERANCE, compare, reference_outputs
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.config import student_preprocess_config
 from node.inference.session import SessionSettings
 from node.inference.versamammo import VersaMammoRunner
-from node.packages.manifest import check_files, read_manifest
+from models.package.manifest import check_files, read_manifest
 from tests.packages import build_versamammo_package, tiny_student
 
 CPU = SessionSettings(providers=("cpu",))

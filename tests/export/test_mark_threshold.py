@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from export.mark_threshold import Candidates, choose_threshold, operating_point, student_candidates
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.config import student_preprocess_config
 from tests.export.test_export_lesion_map import lesion_student
-from training.data.phantom import PhantomOptions, write_phantom_studies
+from phantoms.study import PhantomOptions, write_phantom_studies
 from training.data.phantom_records import study_records
 
 BOX = (10.0, 10.0, 20.0, 20.0)

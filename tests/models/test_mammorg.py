@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models import lexicon
-from models.mammorg import build_mammorg, load_mammorg, save_mammorg, set_bank
-from models.mammorg_config import VIEWS, MammoRGConfig, config_for, config_from_dict
-from models.mammorg_edges import atlas_edges, complete_edges, edge_allowed
-from models.mammorg_knowledge import GRAPH_RELATIONS, adjacency, graph_terms
+from models.report import lexicon
+from models.mammorg.model import build_mammorg, load_mammorg, save_mammorg, set_bank
+from models.mammorg.config import VIEWS, MammoRGConfig, config_for, config_from_dict
+from models.mammorg.edges import atlas_edges, complete_edges, edge_allowed
+from models.mammorg.knowledge import GRAPH_RELATIONS, adjacency, graph_terms
 from training.mammorg.terms import init_term_rows, mask_base_rows
 from training.mammorg.tokenizer import train_bpe, with_terms
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from models import lexicon
-from models.mammorg_edges import (
+from models.report import lexicon
+from models.mammorg.edges import (
     ATLAS_RELATIONS, EDGE_MODES, atlas_edges, complete_edges, edge_allowed, graph_edges, graph_nodes, report_edges,
 )
-from models.report_types import ReportResult
-from models.reportparse import parse_report
+from models.report.result import ReportResult
+from models.report.parse import parse_report
 
 SPICULATED = (
     "FINDINGS:\nThe breasts are heterogeneously dense. In the left breast, upper outer quadrant, there is an "

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.mammorg import build_mammorg
-from models.mammorg_config import VIEWS, config_for
-from models.versamammo import build_student
-from models.versamammo import config_for as vision_config
+from models.mammorg.model import build_mammorg
+from models.mammorg.config import VIEWS, config_for
+from models.versamammo.checkpoint import build_student
+from models.versamammo.checkpoint import config_for as vision_config
 from training.config import load_train_config
 from training.mammorg.tokenizer import term_strings
 

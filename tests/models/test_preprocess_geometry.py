@@ -8,7 +8,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models.preprocess import PreprocessConfig, prepare_uint8
-from models.preprocess_geometry import ModelGeometry, clip_box
+from models.preprocess.geometry import ModelGeometry, clip_box
 
 
 def _image(laterality: str, orientation: str) -> pydicom.Dataset:

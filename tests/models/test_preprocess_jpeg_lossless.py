@@ -15,7 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLosslessSV1
 
 from models.preprocess import PreprocessConfig, decode, prepare_uint8
-from training.data.phantom import PhantomOptions, generate_study
+from phantoms.study import PhantomOptions, generate_study
 
 
 def _bits_of(value: int, n: int) -> str:

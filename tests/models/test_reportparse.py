@@ -1,4 +1,4 @@
-"""models.reportparse: sections, notations, sides, scopes, relations, phantom reports and speed.
+"""models.report.parse: sections, notations, sides, scopes, relations, phantom reports and speed.
 
 The hand-written report corpus is checked in test_reportparse_cases.py.
 """
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from models import lexicon
-from models.report_types import BIRADS_CATEGORIES, MAMMORG_FINDINGS, STATUSES, ReportResult
-from models.reportparse import BIRADS_SEVERITY, detect_language, normalize, parse_report, split_sections
+from models.report import lexicon
+from models.report.result import BIRADS_CATEGORIES, MAMMORG_FINDINGS, STATUSES, ReportResult
+from models.report.parse import BIRADS_SEVERITY, detect_language, normalize, parse_report, split_sections
 
 REPORTS = Path(__file__).parent / "reports"
 
@@ -393,7 +393,7 @@ def _expected_descriptors(f: dict) -> set[str]:
 
 @pytest.fixture(scope="module")
 def phantom_studies() -> list:
-    from training.data.phantom import generate_study
+    from phantoms.study import generate_study
     return [generate_study(3, i) for i in range(40)]
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from models.report_types import MAMMORG_FINDINGS, ReportResult
-from models.reportparse import parse_report
+from models.report.result import MAMMORG_FINDINGS, ReportResult
+from models.report.parse import parse_report
 
 REPORTS = Path(__file__).parent / "reports"
 FILES = ("dev_en.jsonl", "dev_zh.jsonl", "heldout.jsonl")

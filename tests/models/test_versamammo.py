@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.versamammo import (
+from models.versamammo.checkpoint import (
     DINOHead,
     OfficialCheckpointError,
     VersaMammoStudent,
@@ -29,7 +29,7 @@ from models.versamammo import (
     load_official_teacher,
     save_checkpoint,
 )
-from models.versamammo_padding import StaticSamePadConv2d, tf_same_pads
+from models.versamammo.padding import StaticSamePadConv2d, tf_same_pads
 
 FULL = config_for("full")
 TINY = config_for("tiny")
@@ -124,7 +124,7 @@ def test_official_student_heads(official_student: dict) -> None:
 
 
 def test_official_student_names_invert(official_student: dict) -> None:
-    from models.versamammo_official import official_student_name
+    from models.versamammo.official import official_student_name
 
     backbone = official_student["student"].backbone
     names = {"module.image_encoder." + official_student_name(k, backbone) for k in backbone.state_dict()}

@@ -15,7 +15,7 @@ import pytest
 
 from node.app import NodeApp
 from node.config import Settings
-from training.data.phantom import PhantomOptions, write_phantom_studies
+from phantoms.study import PhantomOptions, write_phantom_studies
 
 
 def free_port() -> int:
@@ -126,7 +126,7 @@ def run_storescu(port: int, files: list[Path], *extra: str, aet: str = "STORESCU
 
 def mammo_node_cmd() -> list[str]:
     """The installed CLI, run with the same interpreter as the tests."""
-    return [sys.executable, "-m", "node.cli"]
+    return [sys.executable, "-m", "node.cli.app"]
 
 
 def has_tool(name: str) -> bool:

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from models.labels import FINDING_CLASSES
+from models.package.labels import FINDING_CLASSES
 from models.preprocess import PreprocessConfig, prepare_uint8
-from models.preprocess_geometry import ModelGeometry
-from models.versamammo import config_for
-from models.versamammo_config import student_preprocess_config
+from models.preprocess.geometry import ModelGeometry
+from models.versamammo.checkpoint import config_for
+from models.versamammo.config import student_preprocess_config
 from node.marks import image_marks, lesion_map_record, mark_settings
 from training.data.lesion_map import lesion_grid_target
 from training.data.phantom_records import study_records

@@ -1,6 +1,6 @@
 """Realistic structured results for the output tests, built without models.
 
-The report is the phantom study's own reference report (parsed by models.reportparse) and the
+The report is the phantom study's own reference report (parsed by models.report.parse) and the
 classifier probabilities are made up but shaped exactly as node.results expects, so the encoders
 are tested on what the pipeline really produces.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from models.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
-from models.reportparse import parse_report
+from models.package.labels import BIRADS_CLASSES, DENSITY_CLASSES, FINDING_CLASSES
+from models.report.parse import parse_report
 from node.outputs.source import SourceStudy
 from node.results import build_result
 

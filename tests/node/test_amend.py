@@ -11,10 +11,11 @@ import pytest
 from node.config import HL7Output
 from node.journal import Journal
 from node.outputs.amend import delivered_identities, replaced_outputs
-from node.outputs.hl7 import build_oru, control_id, filler_order_number, parse_oru, validate_oru
+from node.outputs.hl7 import build_oru, parse_oru, validate_oru
+from node.outputs.identity import control_id, filler_order_number
 from node.outputs.common import DEVICE_NAME
 from node.outputs.prepare import planned_document
-from node.outputs.source import derived_uid, output_identity
+from node.outputs.identity import derived_uid, output_identity
 from node.outputs.sr_cad import build_mammography_cad_sr
 from node.outputs.sr_tid1500 import build_tid1500_sr
 from tests.node.outputs_helpers import phantom_case

@@ -82,7 +82,7 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_config_check_cli(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "node.cli", "config", "check", "--config", str(DEFAULT_TOML),
+    ok = subprocess.run([sys.executable, "-m", "node.cli.app", "config", "check", "--config", str(DEFAULT_TOML),
                          "--json"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
@@ -90,7 +90,7 @@ def test_config_check_cli(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[dicom]\nport = 0\n")
-    res = subprocess.run([sys.executable, "-m", "node.cli", "config", "check", "--config", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "node.cli.app", "config", "check", "--config", str(bad)],
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert "dicom.port" in res.stderr

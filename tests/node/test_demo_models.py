@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from export.bootstrap import DEMO_VERSION, NAMES
+from models.package.demo import DEMO_VERSION, NAMES
 from node.packages import demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def _cli(tmp_path: Path, *args: str, no_torch: Path | None = None, shipped: Path
         env["PYTHONPATH"] = os.pathsep.join([str(no_torch), str(ROOT)])
     if shipped is not None:
         env[demo.ENV] = str(shipped)
-    return subprocess.run([sys.executable, "-m", "node.cli", "models", *args, "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "node.cli.app", "models", *args, "--config", str(config)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 

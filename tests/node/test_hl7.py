@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 
 from node.config import HL7Output
 from node.outputs.common import DISCLAIMER, NotApplicable
-from node.outputs.hl7 import build_oru, control_id, escape, filler_order_number, parse_oru, unescape, validate_oru
+from node.outputs.hl7 import build_oru, escape, parse_oru, unescape, validate_oru
+from node.outputs.identity import control_id, filler_order_number
 from node.outputs.mllp import MAX_ACK_BYTES, Ack, MLLPClient, MLLPError, message_charset
 from node.outputs.source import SourceStudy
 from tests.node.conftest import free_port

@@ -43,7 +43,7 @@ from node.dicom.checks import command_problem, pixel_module_problem
 from node.dicom.decode import first_frame_problem
 from tests.node.conftest import free_port, node_settings, wait_for
 from tests.node.scu_helpers import MG_PRESENTATION, associate, load
-from training.data.phantom import PhantomOptions, write_phantom_studies
+from phantoms.study import PhantomOptions, write_phantom_studies
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.labels import FINDING_CLASSES
+from models.package.labels import FINDING_CLASSES
 from node.marks import image_marks, lesion_kind, mark_settings, peaks
 from tests.node.marks_helpers import TINY, lesion_boxes, near, oracle_maps
 

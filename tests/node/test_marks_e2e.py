@@ -23,7 +23,7 @@ from export.golden import phantom_images
 from export.package import finish_package
 from export.versamammo import export_versamammo
 from models.preprocess import normalize
-from models.versamammo_config import student_preprocess_config
+from models.versamammo.config import student_preprocess_config
 from node.inference.versamammo import VersaMammoRunner
 from node.outputs.gsps import read_presentation_state
 from node.outputs.heatmap_sc import read_secondary_capture
@@ -172,7 +172,7 @@ def test_the_shipped_demo_package_marks_a_lesion_study_end_to_end(tmp_path, star
     node, to Orthanc. Skipped where the shipped demo package has no lesion map (2.0.0); how often its
     marks hit is measured by bench.froc (docs/results.md), so this checks the path, not the figures."""
     from node.packages.demo import shipped_packages
-    from node.packages.manifest import read_manifest
+    from models.package.manifest import read_manifest
 
     shipped = shipped_packages()
     if shipped is None or "localization" not in read_manifest(shipped["versamammo"]).data:

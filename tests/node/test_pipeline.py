@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from models.report_types import ReportResult
+from models.report.result import ReportResult
 from node.packages.registry import ModelRegistry
 from node.results import build_result
 from tests.node.conftest import run_storescu, study_files, study_uid_of, wait_for
@@ -53,7 +53,7 @@ def test_complete_study_is_processed_with_the_active_versions(start_node, tmp_pa
     later = _final(node, study_uid_of(second))
     assert node.journal.get_result(later.study_uid)["models"]["versamammo"] == "versamammo-test@2.0.0"
     assert node.journal.get_result(study.study_uid)["models"]["versamammo"] == "versamammo-test@1.0.0"
-    shown = subprocess.run([sys.executable, "-m", "node.cli", "studies", "show", study.study_uid, "--json"],
+    shown = subprocess.run([sys.executable, "-m", "node.cli.app", "studies", "show", study.study_uid, "--json"],
                            capture_output=True, text=True, timeout=60,
                            env={"MAMMO_NODE_NODE__DATA_DIR": str(data), "PATH": "/usr/bin:/bin"})
     assert json.loads(shown.stdout)["result"]["models"] == result["models"]
@@ -81,7 +81,7 @@ def test_studies_wait_for_models_and_a_broken_model_fails_only_its_study(start_n
     assert study.state == "FAILED" and "failed to load" in study.events[-1]["reason"]
     # The admin repairs the package and retries the study from the command line.
     shutil.copyfile(model_packages["rg1"] / "mammorg_decoder.onnx", decoder)
-    retried = subprocess.run([sys.executable, "-m", "node.cli", "studies", "retry", study.study_uid, "--json"],
+    retried = subprocess.run([sys.executable, "-m", "node.cli.app", "studies", "retry", study.study_uid, "--json"],
                              capture_output=True, text=True, timeout=60,
                              env={"MAMMO_NODE_NODE__DATA_DIR": str(data), "PATH": "/usr/bin:/bin"})
     assert json.loads(retried.stdout) == {"ok": True, "study_uid": study.study_uid, "from": "FAILED", "to": "COMPLETE"}

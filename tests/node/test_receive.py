@@ -13,7 +13,7 @@ from node.assembly import COMPLETE
 from tests.node.conftest import run_storescu, study_files, study_uid_of, wait_for
 from tests.node.scu_helpers import MG_PRESENTATION, associate, encode, load, send_raw
 from tests.tools import require_tool
-from training.data.phantom import PhantomOptions, write_phantom_studies
+from phantoms.study import PhantomOptions, write_phantom_studies
 
 
 def _first_study(phantom_dir: Path) -> Path:

@@ -139,10 +139,10 @@ def test_ris_answers_ae_then_aa_and_refusal_is_dead_lettered_then_retried(lab, p
     assert "test RIS says" not in (dead.last_error or "")   # the RIS's own text (may carry patient data) is never kept
     data = lab.node.settings.data_dir
     env = {"MAMMO_NODE_NODE__DATA_DIR": str(data), "PATH": "/usr/bin:/bin"}
-    listed = subprocess.run([sys.executable, "-m", "node.cli", "outbox", "list", "--state", "DEAD", "--json"],
+    listed = subprocess.run([sys.executable, "-m", "node.cli.app", "outbox", "list", "--state", "DEAD", "--json"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert [r["id"] for r in json.loads(listed.stdout)["rows"]] == [dead.id]
-    retried = subprocess.run([sys.executable, "-m", "node.cli", "outbox", "retry", "--json"],
+    retried = subprocess.run([sys.executable, "-m", "node.cli.app", "outbox", "retry", "--json"],
                              capture_output=True, text=True, timeout=60, env=env)
     assert json.loads(retried.stdout)["requeued"] == 1
     wait_for(lambda: lab.node.app.outbox.queue.get(dead.id).state == "DELIVERED", timeout=30)
@@ -252,7 +252,7 @@ def test_a_study_processed_again_with_new_models_replaces_its_delivered_results(
     uid = lab.send_study(_studies(phantom_dir)[0])
     first = {r.kind: r.identity for r in lab.delivered(uid)}
     ModelRegistry(lab.node.settings.data_dir / "models").install(model_packages["vm2"], activate=True)
-    retried = subprocess.run([sys.executable, "-m", "node.cli", "studies", "retry", uid, "--json"],
+    retried = subprocess.run([sys.executable, "-m", "node.cli.app", "studies", "retry", uid, "--json"],
                              capture_output=True, text=True, timeout=60,
                              env={"MAMMO_NODE_NODE__DATA_DIR": str(lab.node.settings.data_dir), "PATH": "/usr/bin:/bin"})
     assert json.loads(retried.stdout)["ok"] is True, retried.stdout + retried.stderr

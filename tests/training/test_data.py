@@ -14,15 +14,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from models.labels import FINDING_CLASSES, birads_index, density_index
+from models.package.labels import FINDING_CLASSES, birads_index, density_index
 from models.preprocess import PreprocessConfig, normalize, prepare_uint8
 from training.config import DataSection
 from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset
 from training.data.manifest import manifest_records
-from training.data.phantom import PhantomOptions, write_phantom_studies
+from phantoms.study import PhantomOptions, write_phantom_studies
 from training.data.phantom_records import phantom_records
-from training.data.records import ImageRecord, load_records
+from training.data.image_record import ImageRecord
+from training.data.records import load_records
 from training.data.splits import assign_splits
 from training.data.vindr import parse_categories, vindr_records
 
@@ -222,7 +223,7 @@ def test_manifest_records(phantom_root: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ load_records (phantom)
 
 def test_load_records_generates_phantoms_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.data.phantom as phantom
+    import phantoms.study as phantom
 
     calls = []
     real = phantom.write_phantom_studies

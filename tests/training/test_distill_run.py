@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.versamammo import build_teacher, config_for, load_checkpoint, read_checkpoint, save_checkpoint
+from models.versamammo.checkpoint import build_teacher, config_for, load_checkpoint, read_checkpoint, save_checkpoint
 from training.config import load_train_config
 from training.metrics_log import read_metrics
 from training.versamammo.distill.data import TwoViewTransform
@@ -55,7 +55,7 @@ def test_two_views_differ_and_use_the_serving_normalisation() -> None:
 def test_only_the_high_resolution_pass_updates_batchnorm_statistics() -> None:
     """The student is evaluated and served on the high-resolution view: the low-resolution view's
     statistics must not leak into the running statistics that eval mode normalises with."""
-    from models.versamammo import build_student
+    from models.versamammo.checkpoint import build_student
     from training.versamammo.distill.train import DistillModule
 
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ import os, sys, time
 from datetime import timedelta
 from pathlib import Path
 import numpy as np, torch, torch.distributed as dist
-from models.versamammo import config_for
+from models.versamammo.checkpoint import config_for
 from training.versamammo.distill.train import offline_teacher_features
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=20))
@@ -270,7 +270,7 @@ def test_a_started_student_takes_the_runs_heads() -> None:
     carried over exactly, the heads that fit are kept, the new ones start afresh and are named."""
     from dataclasses import replace
 
-    from models.versamammo import build_student
+    from models.versamammo.checkpoint import build_student
     from training.versamammo.distill.train import adopt_heads
 
     torch.manual_seed(0)

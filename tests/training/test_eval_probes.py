@@ -50,7 +50,7 @@ def test_linear_probe_fits_train_chooses_on_val_scores_test():
 def test_probes_and_retrieval_of_a_frozen_student_on_phantoms(tmp_path):
     import torch
 
-    from models.versamammo import build_student, config_for, save_checkpoint
+    from models.versamammo.checkpoint import build_student, config_for, save_checkpoint
     from training.config import load_train_config
 
     torch.manual_seed(0)
@@ -99,7 +99,7 @@ def _vindr_from_phantoms(root: Path, out: Path) -> tuple[dict[str, str], Path]:
 
 
 def test_vindr_label_evaluation_of_reports_on_phantoms(tmp_path):
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
 
     write_phantom_studies(tmp_path / "ph", 10, 7, options=PhantomOptions(size="small"))
     reports, root = _vindr_from_phantoms(tmp_path / "ph", tmp_path / "vindr")
@@ -127,7 +127,7 @@ def test_vindr_label_evaluation_of_reports_on_phantoms(tmp_path):
 def test_mammo_eval_vindr_reports_command(tmp_path):
     from typer.testing import CliRunner
 
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
     from training.eval.cli import app
 
     write_phantom_studies(tmp_path / "ph", 3, 8, options=PhantomOptions(size="small"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.versamammo import build_student, config_for, load_checkpoint, read_checkpoint
+from models.versamammo.checkpoint import build_student, config_for, load_checkpoint, read_checkpoint
 from training.versamammo.distill.refit import birads_score, fit_linear
 from training.versamammo.distill.train import BEST, run_distill
 from tests.training.test_distill_run import _cfg, teacher_file  # noqa: F401  (fixture)

@@ -7,13 +7,13 @@ import numpy as np
 import pydicom
 
 from models.preprocess import prepare_uint8
-from models.preprocess_geometry import ModelGeometry
-from models.versamammo import config_for
-from models.versamammo_config import student_preprocess_config
+from models.preprocess.geometry import ModelGeometry
+from models.versamammo.checkpoint import config_for
+from models.versamammo.config import student_preprocess_config
 from training.data.lesion_map import lesion_grid_target
-from training.data.phantom import generate_study, write_study
+from phantoms.study import generate_study, write_study
 from training.data.phantom_records import study_records
-from training.data.records import ImageRecord, LesionBox
+from training.data.image_record import ImageRecord, LesionBox
 
 
 def _study_with_a_boxed_lesion(tmp_path: Path) -> list[ImageRecord]:

@@ -13,11 +13,11 @@ from training.eval.report_metrics import BASELINES, METRICS
 
 SCRIPT = Path(sys.executable).parent / "mammo-eval"
 
-# A stand-in for models.reportparse (BI-RADS after "right/left breast:", density from two phrases),
+# A stand-in for models.report.parse (BI-RADS after "right/left breast:", density from two phrases),
 # installed in sys.modules before the CLI runs, so these tests do not depend on the real parser.
 STUB = r'''
 import re, sys, types
-from models.report_types import ReportResult
+from models.report.result import ReportResult
 
 def parse_report(text, language=None):
     result = ReportResult()
@@ -35,9 +35,9 @@ def parse_report(text, language=None):
         result.relations.append(("mass", "located_at", "uoq"))
     return result
 
-module = types.ModuleType("models.reportparse")
+module = types.ModuleType("models.report.parse")
 module.parse_report = parse_report
-sys.modules["models.reportparse"] = module
+sys.modules["models.report.parse"] = module
 from training.eval.cli import main
 sys.argv = ["mammo-eval"] + sys.argv[1:]
 main()
@@ -182,8 +182,8 @@ def test_installed_script_help() -> None:
     assert "reports" in top and "parse" in top
 
 
-@pytest.mark.skipif(importlib.util.find_spec("models.reportparse") is None,
-                    reason="models.reportparse (the report parser) is not there yet")
+@pytest.mark.skipif(importlib.util.find_spec("models.report.parse") is None,
+                    reason="models.report.parse (the report parser) is not there yet")
 def test_reports_with_the_real_parser(tmp_path: Path) -> None:
     pred = write_jsonl(tmp_path / "pred.jsonl", PRED)
     ref = write_jsonl(tmp_path / "ref.jsonl", REF)

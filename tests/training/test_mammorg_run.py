@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from models.mammorg import load_mammorg
-from models.mammorg_edges import atlas_edges
-from models.mammorg_knowledge import adjacency, graph_terms
+from models.mammorg.model import load_mammorg
+from models.mammorg.edges import atlas_edges
+from models.mammorg.knowledge import adjacency, graph_terms
 from training.cli import app
 from training.config import load_train_config
 from training.mammorg.common import model_dir, stage_dir
@@ -149,7 +149,7 @@ def test_torchrun_two_cpu_processes_align(pipeline, tmp_path):
 def test_official_preprocessing_is_what_the_encoder_sees_and_what_the_model_keeps(tmp_path):
     """Issue 20: ``mammorg.preprocessing = "official"`` (shortest side, centre crop, 0.5/0.5) is used
     for the cached encoder tokens and saved in the model, so export puts it in the manifest."""
-    from models.mammorg_config import preprocess_config
+    from models.mammorg.config import preprocess_config
     from models.preprocess import official_mammorg_config
     from training.mammorg.data import load_studies
     from training.mammorg.features import _key

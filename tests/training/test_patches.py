@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.labels import FINDING_CLASSES
-from models.preprocess_geometry import ModelGeometry
-from models.versamammo import load_checkpoint, read_checkpoint
+from models.package.labels import FINDING_CLASSES
+from models.preprocess.geometry import ModelGeometry
+from models.versamammo.checkpoint import load_checkpoint, read_checkpoint
 from training.config import load_train_config
 from training.data.cache import PreprocessedCache
-from training.data.phantom import PhantomOptions, write_phantom_studies
+from phantoms.study import PhantomOptions, write_phantom_studies
 from training.data.phantom_records import phantom_records
-from training.data.records import LesionBox
+from training.data.image_record import LesionBox
 from training.data.vindr import vindr_records
 from training.versamammo.distill.data import student_preprocess_config
 from training.versamammo.patches.data import LesionPatchDataset, PatchSettings, crop_patch
@@ -33,7 +33,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _dataset(studies: Path, cache: Path, samples: int = 64) -> LesionPatchDataset:
-    from models.versamammo import config_for
+    from models.versamammo.checkpoint import config_for
 
     pre = student_preprocess_config(config_for("tiny"))
     return LesionPatchDataset(phantom_records(studies), pre, PreprocessedCache(cache), PatchSettings(), samples)

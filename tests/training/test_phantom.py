@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from tests.tools import require_tool
-from training.data.phantom import (
+from phantoms.study import (
     PHANTOM_VERSION,
     PhantomOptions,
     PhantomStudy,
@@ -23,16 +23,16 @@ from training.data.phantom import (
     write_phantom_studies,
     write_study,
 )
-from training.data.phantom_anatomy import (
+from phantoms.anatomy import (
     GLANDULAR_STEP,
     GRIDS,
     PATIENT_ORIENTATION,
     render_anatomy,
-    render_view,
     sample_breast,
     tissue_floor,
 )
-from training.data.phantom_labels import (
+from phantoms.render import render_view
+from phantoms.labels import (
     _RECIPES,
     BIRADS_ORDER,
     CLOCKS,
@@ -45,7 +45,7 @@ from training.data.phantom_labels import (
     sample_labels,
     worst_birads,
 )
-from training.data.phantom_lesions import _CALC, MASS_DENSITY_CONTRAST, mass_peak
+from phantoms.lesions import _CALC, MASS_DENSITY_CONTRAST, mass_peak
 from training.data.phantom_records import ensure_phantoms, phantom_cache_name, study_records
 
 SEED = 1
@@ -651,7 +651,7 @@ def test_records_fall_back_to_the_breast_category_without_per_view_birads(tmp_pa
     for view in labels["views"].values():
         del view["birads"]
     path.write_text(json.dumps(labels))
-    from models.labels import birads_index
+    from models.package.labels import birads_index
     for r in study_records(tmp_path):
         assert r.birads == birads_index(labels["breasts"][r.laterality]["birads"])
 

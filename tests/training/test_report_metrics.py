@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.report_types import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, RELATIONS, ReportResult
+from models.report.result import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, RELATIONS, ReportResult
 from training.eval.nlg import bleu
 from training.eval.report_metrics import (
     BASELINES, METRICS, ReportIdMismatch, ReportParseError, evaluate_reports, report_metrics,

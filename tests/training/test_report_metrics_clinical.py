@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from models.report_types import BreastResult, ReportResult
+from models.report.result import BreastResult, ReportResult
 from training.eval.clinical import (
     birads_f1, density_f1, finding_f1_per_report, finding_f1_pooled, relation_f1_per_report, relation_f1_pooled,
 )

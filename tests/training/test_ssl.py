@@ -32,7 +32,7 @@ from training.versamammo.ssl.train import build_schedules, no_weight_decay, offi
 
 
 def _tiny():
-    from models.versamammo import config_for
+    from models.versamammo.checkpoint import config_for
 
     return config_for("tiny")
 

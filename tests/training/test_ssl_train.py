@@ -67,7 +67,7 @@ def test_ssl_loss_falls_and_outputs_load(tmp_path, cache_dir) -> None:
     assert rec["iteration"] == 29 and rec["epoch"] == 1
 
     # both output formats hold the same EMA teacher
-    from models.versamammo import config_for, load_checkpoint, load_official_teacher
+    from models.versamammo.checkpoint import config_for, load_checkpoint, load_official_teacher
 
     assert final.name == TEACHER_FINAL and frozen.name == TEACHER_FINAL
     ours = load_checkpoint(final, kind="teacher")
@@ -83,7 +83,7 @@ def test_last_layer_frozen_during_the_first_epoch(tmp_path, cache_dir) -> None:
     # 3 epochs of 2 iterations, ended at iteration 4 (stop_at_iteration: schedules stay 6 long)
     cfg = _cfg(tmp_path, cache_dir, ssl__epochs=3, ssl__iterations_per_epoch=2, ssl__freeze_last_layer_epochs=1,
                ssl__base_lr=1e-2, ssl__warmup_epochs=0, ssl__stop_at_iteration=4)
-    from models.versamammo import build_teacher, config_for
+    from models.versamammo.checkpoint import build_teacher, config_for
 
     torch.manual_seed(cfg.run.seed)  # run_ssl builds the student from the run seed
     initial = build_teacher(config_for("tiny"), drop_path_rate=cfg.ssl.drop_path_rate).state_dict()
@@ -198,7 +198,7 @@ def test_torchrun_two_processes_gloo_ddp_and_fsdp(tmp_path, cache_dir) -> None:
 
 
 def test_linear_probe_separates_density_with_frozen_features(cache_dir) -> None:
-    from models.versamammo import build_teacher, config_for
+    from models.versamammo.checkpoint import build_teacher, config_for
     from training.versamammo.ssl.data import phantom_image_source
     from training.versamammo.ssl.probe import linear_probe, linear_probe_details
 

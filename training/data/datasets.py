@@ -22,11 +22,11 @@ import pydicom
 import torch
 from torch.utils.data import Dataset
 
-from models.labels import FINDING_CLASSES
+from models.package.labels import FINDING_CLASSES
 from models.preprocess import PreparedImage, PreprocessConfig, normalize, prepare_uint8
 from training.data.cache import PreprocessedCache
 from training.data.lesion_map import lesion_grid_target
-from training.data.records import ImageRecord
+from training.data.image_record import ImageRecord
 
 
 class MammoImageDataset(Dataset):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from models.preprocess import PreparedImage, PreprocessConfig
-from models.preprocess_geometry import ModelGeometry, clip_box
-from training.data.records import ImageRecord
+from models.preprocess.geometry import ModelGeometry, clip_box
+from training.data.image_record import ImageRecord
 
 NEGATIVE_BIRADS = 1  # BI-RADS index of "1": nothing there, so every cell is 0
 

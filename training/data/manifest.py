@@ -24,8 +24,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from models.labels import birads_index, density_index, finding_index
-from training.data.records import ImageRecord, LesionBox
+from models.package.labels import birads_index, density_index, finding_index
+from training.data.image_record import ImageRecord, LesionBox
 
 REQUIRED = ("path", "study", "laterality", "view")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from models.labels import FINDING_CLASSES, birads_index, density_index
-from training.data.records import ImageRecord, LesionBox
+from models.package.labels import FINDING_CLASSES, birads_index, density_index
+from training.data.image_record import ImageRecord, LesionBox
 
 PHANTOM_FINDINGS: dict[str, str] = {
     "mass": "Mass",
@@ -77,7 +77,7 @@ def phantom_records(root: Path) -> list[ImageRecord]:
 def phantom_cache_name(studies: int, seed: int, size: str) -> str:
     """``phantoms-v<PHANTOM_VERSION>-<seed>-<n>-<size>``: a new generator version never reuses
     an older version's cached studies."""
-    from training.data.phantom import PHANTOM_VERSION
+    from phantoms.study import PHANTOM_VERSION
 
     return f"phantoms-v{PHANTOM_VERSION}-{seed}-{studies}-{size}"
 
@@ -88,7 +88,7 @@ def ensure_phantoms(cache_dir: Path | None, studies: int, seed: int, size: str) 
     Generation writes into a private temporary folder that is renamed into place when complete,
     so a folder that exists is always whole; the loser of a race discards its copy.
     """
-    from training.data.phantom import PhantomOptions, write_phantom_studies
+    from phantoms.study import PhantomOptions, write_phantom_studies
 
     base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "mammo-node-cache"
     target = base / phantom_cache_name(studies, seed, size)

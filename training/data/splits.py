@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Iterable
 
-from training.data.records import SPLITS, ImageRecord
+from training.data.image_record import SPLITS, ImageRecord
 
 
 def _rank(seed: int, patient_id: str) -> str:

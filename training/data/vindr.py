@@ -20,8 +20,8 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from models.labels import birads_index, density_index, finding_index
-from training.data.records import ImageRecord, LesionBox
+from models.package.labels import birads_index, density_index, finding_index
+from training.data.image_record import ImageRecord, LesionBox
 from training.data.splits import assign_splits
 
 NO_FINDING = "no finding"

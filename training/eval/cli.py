@@ -75,9 +75,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _load_parser() -> Callable[..., Any]:
     try:
-        from models.reportparse import parse_report
+        from models.report.parse import parse_report
     except ImportError as exc:
-        _fail(f"the report parser (models.reportparse) is not available: {exc}", code=1)
+        _fail(f"the report parser (models.report.parse) is not available: {exc}", code=1)
     return parse_report
 
 

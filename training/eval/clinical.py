@@ -2,7 +2,7 @@
 
 Re-implementations of MammoRGTool's ``test_all`` metrics (see
 /work/shared/research/mammorg.md section 5 and docs/report-metrics.md), computed from
-:class:`models.report_types.ReportResult` pairs:
+:class:`models.report.result.ReportResult` pairs:
 
 * ``density_f1`` / ``birads_f1`` (every official version): breasts of all reports pooled
   (R and L); those with a reference value are eligible; of those, the ones with a predicted
@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.report_types import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, BreastResult, ReportResult
+from models.report.result import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, BreastResult, ReportResult
 
 SIDES: tuple[str, ...] = ("R", "L")
 

@@ -127,8 +127,8 @@ def run_probe_eval(cfg: Any, checkpoint: Path | None = None) -> dict[str, Any]:
     """Linear probes (BI-RADS, density) and retrieval (by BI-RADS, by density) of a student's
     frozen features: train split fits, val chooses, ``eval.split`` scores; retrieval's database
     is every image outside ``eval.split``."""
-    from models.labels import BIRADS_CLASSES, DENSITY_CLASSES
-    from models.versamammo import load_checkpoint
+    from models.package.labels import BIRADS_CLASSES, DENSITY_CLASSES
+    from models.versamammo.checkpoint import load_checkpoint
     from training import distributed as du
     from training.data.cache import PreprocessedCache
     from training.data.datasets import MammoImageDataset

@@ -1,7 +1,7 @@
 """Generated-report evaluation: clinical efficacy, BLEU-1/4, ROUGE-L, with bootstrap intervals.
 
 :func:`evaluate_reports` matches predicted and reference report texts by id, parses each with
-``models.reportparse.parse_report`` and returns every metric of :func:`report_metrics`.
+``models.report.parse.parse_report`` and returns every metric of :func:`report_metrics`.
 Definitions: training/eval/clinical.py, training/eval/nlg.py and docs/report-metrics.md.
 
 Intervals: percentile 95% bootstrap over resampled *reports* (every metric, corpus-level
@@ -17,7 +17,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from models.report_types import ReportResult
+from models.report.result import ReportResult
 from training.eval.classification import bootstrap
 from training.eval.clinical import (  # noqa: F401  (re-exported)
     ClinicalArrays, birads_f1, density_f1, finding_f1_per_report, finding_f1_pooled, relation_f1_per_report,
@@ -121,7 +121,7 @@ def report_metrics(preds: Sequence[ReportResult], refs: Sequence[ReportResult],
 
 
 def _default_parser() -> Callable[[str], ReportResult]:
-    from models.reportparse import parse_report  # lazy: the parser is optional for the metrics
+    from models.report.parse import parse_report  # lazy: the parser is optional for the metrics
 
     return parse_report
 
@@ -133,7 +133,7 @@ def evaluate_reports(pred_texts: Mapping[Hashable, str], ref_texts: Mapping[Hash
 
     Raises :class:`ReportIdMismatch` (listing the ids) when an id is on one side only, and
     :class:`ReportParseError` naming the report when the parser fails. Reports are taken in
-    the order of ``ref_texts``. ``parse`` defaults to ``models.reportparse.parse_report``.
+    the order of ``ref_texts``. ``parse`` defaults to ``models.report.parse.parse_report``.
     """
     only_ref = [i for i in ref_texts if i not in pred_texts]
     only_pred = [i for i in pred_texts if i not in ref_texts]

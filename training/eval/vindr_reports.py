@@ -88,7 +88,7 @@ def evaluate_vindr_reports(reports: Mapping[str, str], labels: Mapping[Breast, M
     plus counts and the mapping used.
     """
     if parse is None:
-        from models.reportparse import parse_report as parse
+        from models.report.parse import parse_report as parse
     studies = sorted(reports)
     ref_b = np.full((len(studies), 2), -1)
     pred_b = np.full((len(studies), 2), -1)

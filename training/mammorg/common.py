@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from models.mammorg import MammoRG, load_mammorg
+from models.mammorg.model import MammoRG, load_mammorg
 from models.preprocess import PreprocessConfig, official_mammorg_config
-from models.versamammo_student import VersaMammoStudent
+from models.versamammo.student import VersaMammoStudent
 from training import distributed as du
 from training.data.cache import PreprocessedCache
 from training.mammorg.data import StudyRecord, load_studies
@@ -43,7 +43,7 @@ def previous_model(cfg: Any, stage: str) -> tuple[MammoRG, Any]:
 
 def load_vision(cfg: Any) -> VersaMammoStudent:
     """The frozen VersaMammo student (``model.student_checkpoint``: ours or the official format)."""
-    from models.versamammo import config_for
+    from models.versamammo.checkpoint import config_for
     from training.versamammo.distill.train import load_student
 
     if cfg.model.student_checkpoint is None:
@@ -63,8 +63,8 @@ class Prepared:
 
 def encoder_preprocessing(cfg: Any, student: VersaMammoStudent) -> PreprocessConfig:
     """What the frozen encoder sees for a model built from this training config
-    (``mammorg.preprocessing``); a saved model carries its own (``models.mammorg_config.preprocess_config``)."""
-    from models.versamammo_config import student_preprocess_config
+    (``mammorg.preprocessing``); a saved model carries its own (``models.mammorg.config.preprocess_config``)."""
+    from models.versamammo.config import student_preprocess_config
 
     if cfg.mammorg.preprocessing == "official":
         return official_mammorg_config(student.cfg.student_input)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from models.mammorg_config import VIEWS
-from training.data.records import ImageRecord
+from models.mammorg.config import VIEWS
+from training.data.image_record import ImageRecord
 
 
 @dataclass(frozen=True)

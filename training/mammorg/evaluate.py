@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from models.mammorg import load_mammorg
-from models.mammorg_config import preprocess_config
+from models.mammorg.model import load_mammorg
+from models.mammorg.config import preprocess_config
 from training import distributed as du
 from training.eval.report_metrics import evaluate_reports
 from training.mammorg.common import model_dir, prepare, stage_dir

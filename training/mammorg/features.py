@@ -16,9 +16,9 @@ import numpy as np
 import pydicom
 import torch
 
-from models.mammorg_config import VIEWS
+from models.mammorg.config import VIEWS
 from models.preprocess import PreprocessConfig, normalize, prepare_uint8
-from models.versamammo_student import VersaMammoStudent
+from models.versamammo.student import VersaMammoStudent
 from training.data.cache import PreprocessedCache
 from training.mammorg.data import StudyRecord
 from training.versamammo.distill.data import student_preprocess_config
@@ -41,7 +41,7 @@ def study_tokens(studies: list[StudyRecord], student: VersaMammoStudent, device:
                  pre: PreprocessConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (N, 4, T, C) float16, present (N, 4) bool), from ``cache_dir`` when already computed.
 
-    ``pre``: the images' preprocessing (``models.mammorg_config.preprocess_config``); None = the student's.
+    ``pre``: the images' preprocessing (``models.mammorg.config.preprocess_config``); None = the student's.
     """
     pre = pre or student_preprocess_config(student.cfg)
     cache_file = Path(cache_dir) / f"tokens-{_key(student, studies, pre)}.pt" if cache_dir is not None else None

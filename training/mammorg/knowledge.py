@@ -10,7 +10,7 @@ from our parser run over the reference reports. The best epoch is chosen on the 
 
 The stage also builds the model: tokenizers, the language model (warmed up on the training
 reports when it is built from config), graph-node features, the graph's edges (atlas table plus
-the training reports' co-occurrence, ``models.mammorg_edges``) and the report bank.
+the training reports' co-occurrence, ``models.mammorg.edges``) and the report bank.
 """
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import lexicon
-from models.mammorg import MammoRG, build_mammorg, save_mammorg, set_bank
-from models.mammorg_config import config_for
-from models.mammorg_edges import graph_edges
-from models.mammorg_knowledge import adjacency, graph_terms, term_text
-from models.report_types import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, ReportResult
-from models.reportparse import split_sections
+from models.report import lexicon
+from models.mammorg.model import MammoRG, build_mammorg, save_mammorg, set_bank
+from models.mammorg.config import config_for
+from models.mammorg.edges import graph_edges
+from models.mammorg.knowledge import adjacency, graph_terms, term_text
+from models.report.result import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, ReportResult
+from models.report.parse import split_sections
 from training import distributed as du
 from training.eval.classification import macro_f1
 from training.mammorg.common import Prepared, encoder_preprocessing, load_vision, model_dir, prepare, stage_dir, text_embeddings

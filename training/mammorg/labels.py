@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from models import lexicon
-from models.report_types import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, ReportResult
-from models.reportparse import parse_report
+from models.report import lexicon
+from models.report.result import BIRADS_CATEGORIES, DENSITIES, MAMMORG_FINDINGS, ReportResult
+from models.report.parse import parse_report
 
 SIDES = ("R", "L")
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.mammorg import MammoRG, save_mammorg
-from models.mammorg_config import preprocess_config
+from models.mammorg.model import MammoRG, save_mammorg
+from models.mammorg.config import preprocess_config
 from training import distributed as du
 from training.mammorg.common import Prepared, load_vision, model_dir, prepare, previous_model, stage_dir
 from training.mammorg.loop import StageSpec, run_stage

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.labels import BIRADS_CLASSES, DENSITY_CLASSES
-from models.reportparse import parse_report
+from models.package.labels import BIRADS_CLASSES, DENSITY_CLASSES
+from models.report.parse import parse_report
 from training.eval.classification import macro_f1
 
 FIELDS = ("density", "birads")
@@ -79,9 +79,9 @@ def choose(reference: dict[tuple[str, str], dict[str, str | None]], report: dict
 def reporting_sources(mcfg: Any, student_path: Path, model_dir: Path) -> dict[str, Any]:
     """Generate validation reports with the trained MammoRG, run the student on the same studies,
     and choose per field (see the module docstring)."""
-    from models.mammorg import load_mammorg
-    from models.mammorg_config import preprocess_config
-    from models.versamammo import load_checkpoint
+    from models.mammorg.model import load_mammorg
+    from models.mammorg.config import preprocess_config
+    from models.versamammo.checkpoint import load_checkpoint
     from training import distributed as du
     from training.data.cache import PreprocessedCache
     from training.mammorg.common import prepare

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.labels import BIRADS_CLASSES, DENSITY_CLASSES
-from models.versamammo import config_for, load_checkpoint
+from models.package.labels import BIRADS_CLASSES, DENSITY_CLASSES
+from models.versamammo.checkpoint import config_for, load_checkpoint
 from training import distributed as du
 from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset

@@ -51,7 +51,7 @@ def ssl_loss_windows(metrics_file: Path, window: int) -> tuple[float, float]:
 
 
 def probe_teachers(cfg: Any, teacher_path: Path, shots: int, seed: int = 0) -> dict[str, Any]:
-    from models.versamammo import build_teacher, config_for, load_checkpoint
+    from models.versamammo.checkpoint import build_teacher, config_for, load_checkpoint
     from training.data.records import load_records
     from training.versamammo.ssl.data import RecordImageSource
     from training.versamammo.ssl.probe import few_shot_probe, linear_probe_details

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from models.versamammo_config import VersaMammoConfig, config_for
+from models.versamammo.config import VersaMammoConfig, config_for
 
 
 def student_model_config(cfg: Any) -> VersaMammoConfig:

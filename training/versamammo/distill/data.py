@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from models.preprocess import PreprocessConfig
-from models.versamammo import VersaMammoConfig
-from models.versamammo_config import student_preprocess_config  # noqa: F401 (re-exported)
+from models.versamammo.checkpoint import VersaMammoConfig
+from models.versamammo.config import student_preprocess_config  # noqa: F401 (re-exported)
 
 
 def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

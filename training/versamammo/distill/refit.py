@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from models.versamammo import VersaMammoStudent
+from models.versamammo.checkpoint import VersaMammoStudent
 from training.data.datasets import MammoImageDataset
 from training.eval.classification import accuracy, binary_auc, macro_f1
 from training.versamammo.distill.losses import class_weights

@@ -13,7 +13,7 @@ macro-F1), never the test split.
 
 Outputs in ``run.out_dir/distill/``: ``checkpoint_<iteration>.pt`` (full training state,
 resumed automatically), ``metrics.jsonl``, ``teacher_features.pt`` (offline cache),
-``student_best.pt`` and ``student_last.pt`` (``models.versamammo.load_checkpoint``).
+``student_best.pt`` and ``student_last.pt`` (``models.versamammo.checkpoint.load_checkpoint``).
 Under torchrun each rank trains on its shard (DDP); the relational and contrastive terms use
 each rank's own batch.
 """
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.versamammo import (
+from models.versamammo.checkpoint import (
     VersaMammoConfig, VersaMammoStudent, build_student, load_checkpoint, load_official_student,
     load_official_teacher, read_checkpoint, save_checkpoint,
 )
@@ -41,7 +41,8 @@ from training.checkpoint import checkpoint_path, latest_checkpoint, load_trainin
     save_training_state
 from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset
-from training.data.records import ImageRecord, load_records
+from training.data.image_record import ImageRecord
+from training.data.records import load_records
 from training.data.sampling import SeededBatchSampler
 from training.eval.classification import accuracy, binary_auc, macro_f1
 from training.metrics_log import MetricsLogger

@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import Dataset
 
 from models.preprocess import PreprocessConfig
-from models.preprocess_geometry import ModelGeometry, clip_box
+from models.preprocess.geometry import ModelGeometry, clip_box
 from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset
-from training.data.records import ImageRecord
+from training.data.image_record import ImageRecord
 
 NORMAL_BIRADS = 1   # a patch of normal tissue is "negative"
 FOREGROUND = 20     # 8-bit level above which a model-image pixel is breast (PreprocessConfig.threshold)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models.labels import FINDING_CLASSES
-from models.versamammo import VersaMammoStudent, build_student, config_for, save_checkpoint
+from models.package.labels import FINDING_CLASSES
+from models.versamammo.checkpoint import VersaMammoStudent, build_student, config_for, save_checkpoint
 from training import distributed as du
 from training.checkpoint import checkpoint_path, latest_checkpoint, load_training_state, prune_checkpoints, \
     save_training_state

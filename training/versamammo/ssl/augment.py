@@ -68,7 +68,7 @@ class AugmentConfig:
 
     @classmethod
     def from_configs(cls, ssl_cfg: Any, model_cfg: Any, **overrides: Any) -> "AugmentConfig":
-        """From ``TrainConfig.ssl`` and a ``models.versamammo`` config (crop sizes, normalisation)."""
+        """From ``TrainConfig.ssl`` and a ``models.versamammo.checkpoint`` config (crop sizes, normalisation)."""
         mean, std = model_cfg.teacher_norm
         values = dict(
             global_size=int(model_cfg.teacher_global), local_size=int(model_cfg.teacher_local),

@@ -115,8 +115,8 @@ def build_image_source(cfg: Any, split: str | None = "train") -> RecordImageSour
 def phantom_image_source(seed: int, studies: Sequence[int], size: str = "small") -> ArrayImageSource:
     """Four views of each phantom study, prepared in memory (no files), with density labels."""
     from models.preprocess import prepare_uint8
-    from training.data.phantom import VIEW_KEYS, PhantomOptions, generate_study
-    from models.labels import density_index
+    from phantoms.study import VIEW_KEYS, PhantomOptions, generate_study
+    from models.package.labels import density_index
 
     pcfg = ssl_preprocess_config()
     images, labels = [], []

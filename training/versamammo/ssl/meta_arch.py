@@ -71,7 +71,7 @@ class SSLMetaArch(nn.Module):
     def __init__(self, model_cfg: Any, ssl_cfg: Any, build: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
         if build is None:
-            from models.versamammo import build_teacher as build
+            from models.versamammo.checkpoint import build_teacher as build
         self.model_cfg = model_cfg
         self.ssl_cfg = ssl_cfg
         self.student = build(model_cfg, drop_path_rate=float(ssl_cfg.drop_path_rate))

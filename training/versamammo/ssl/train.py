@@ -13,9 +13,9 @@ Outputs in ``run.out_dir/ssl/``:
   ``ssl.keep_checkpoints`` are kept. Starting the same run again resumes from the newest one
   and continues bit for bit (same batches, same RNG streams, same optimiser state).
 * ``metrics.jsonl``: one record every ``run.log_every`` iterations (and the last).
-* ``teacher_final.pt``: the EMA teacher in our format (``models.versamammo.load_checkpoint``).
+* ``teacher_final.pt``: the EMA teacher in our format (``models.versamammo.checkpoint.load_checkpoint``).
 * ``teacher_checkpoint.pth``: the same weights as ``{"teacher": state_dict}`` with DINOv2 key
-  names (block chunks of 4), which ``models.versamammo.load_official_teacher`` and the
+  names (block chunks of 4), which ``models.versamammo.checkpoint.load_official_teacher`` and the
   official DINOv2 code read.
 """
 from __future__ import annotations
@@ -160,7 +160,7 @@ def official_teacher_state(state: dict[str, torch.Tensor], depth: int,
 
 
 def _load_init_weights(meta: SSLMetaArch, path: Path, model_cfg: Any) -> None:
-    from models.versamammo import load_checkpoint, load_official_teacher, read_checkpoint
+    from models.versamammo.checkpoint import load_checkpoint, load_official_teacher, read_checkpoint
 
     try:
         read_checkpoint(path)
@@ -244,7 +244,7 @@ def run_ssl(cfg: Any, *, max_iterations: int | None = None) -> Path:
 
 
 def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
-    from models.versamammo import build_teacher, config_for, save_checkpoint
+    from models.versamammo.checkpoint import build_teacher, config_for, save_checkpoint
 
     ssl = cfg.ssl
     out_dir = Path(cfg.run.out_dir) / "ssl"

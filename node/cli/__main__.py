@@ -1,0 +1,4 @@
+"""``python -m node.cli``: the same as the ``mammo-node`` command."""
+from node.cli.app import main
+
+main()
