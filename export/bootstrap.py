@@ -41,8 +41,10 @@ RECIPE: dict[str, Any] = {
                    "distill.backbone_lr_mult": 0.1, "distill.head_refit": True},
     # 3.0.0 was trained before the knowledge-graph edges (models/mammorg/edges.py) existed, with every
     # schema pair linked: pinned, so --retrain reproduces it (its manifest's recipe predates the key).
+    # 3.1.0: MammoRG also learns from 840 more phantom studies (seed 0, indices 600..1439), training
+    # split only, so its validation and test studies are the student's (docs/mammorg.md).
     "mammorg": {"knowledge.epochs": 6, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12,
-                "mammorg.graph_edges": "complete"},
+                "mammorg.graph_edges": "complete", "data.phantom_extra_train_studies": 840},
 }
 # Minutes on 2 cores: proves the code path (tests), not the models.
 QUICK_RECIPE: dict[str, Any] = {

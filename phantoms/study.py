@@ -271,15 +271,20 @@ def write_study(study: PhantomStudy, directory: Path) -> Path:
 
 def write_phantom_studies(
     outdir: Path, studies: int, seed: int, options: PhantomOptions = PhantomOptions(),
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, start: int = 0,
 ) -> list[Path]:
-    """Write ``studies`` studies as outdir/study-0000/..., calling progress(1) after each."""
-    if studies < 0:
-        raise ValueError("studies must be >= 0")
+    """Write ``studies`` studies as outdir/study-0000/..., calling progress(1) after each.
+
+    ``start`` continues a seed's sequence: studies ``start .. start + studies - 1`` (folders named by
+    index), the same studies a larger set of that seed holds, so a set can be extended without
+    regenerating or changing the studies it already has.
+    """
+    if studies < 0 or start < 0:
+        raise ValueError("studies and start must be >= 0")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
-    for index in range(studies):
+    for index in range(start, start + studies):
         written.append(write_study(generate_study(seed, index, options), outdir / f"study-{index:04d}"))
         if progress is not None:
             progress(1)

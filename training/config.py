@@ -55,6 +55,9 @@ class DataSection(_Section):
     kind: Literal["phantom", "vindr", "manifest", "reports"] = "phantom"  # "reports": MammoRG JSONL (training.mammorg.data)
     root: Path | None = None  # phantom studies folder, VinDr-Mammo root, or the manifest CSV
     phantom_studies: int = Field(default=48, ge=1)  # generated on the fly when root is None
+    # Further phantom studies of the same seed (indices phantom_studies ..) that join the training
+    # split only: more training data while validation and test stay the first set's (kind "phantom").
+    phantom_extra_train_studies: int = Field(default=0, ge=0)
     phantom_seed: int = 0
     phantom_size: Literal["small", "full"] = "small"
     cache_dir: Path | None = Path("var/cache/preprocessed")

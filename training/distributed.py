@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+from training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def init_distributed(device: str = "auto", backend: Literal["auto", "nccl", "glo
 T = TypeVar("T")
 
 
-def launched(cfg: Any, body: Callable[[DistInfo], T]) -> T:
+def launched(cfg: TrainConfig, body: Callable[[DistInfo], T]) -> T:
     """Run one training stage: join the process group of ``cfg.run`` (torchrun or single process),
     run ``body(info)``, and leave the group whatever happens."""
     info = init_distributed(cfg.run.device, cfg.run.distributed_backend)

@@ -752,6 +752,38 @@ def test_write_phantom_studies_layout(tmp_path: Path) -> None:
     assert write_phantom_studies(tmp_path / "empty", 0, 3) == []
 
 
+def test_a_set_extended_past_its_end_holds_the_larger_sets_studies(tmp_path: Path) -> None:
+    """Studies 2..3 written with ``start=2`` are byte for byte the last two of a 4-study set."""
+    full = write_phantom_studies(tmp_path / "full", 4, 3)
+    tail = write_phantom_studies(tmp_path / "tail", 2, 3, start=2)
+    assert [d.name for d in tail] == ["study-0002", "study-0003"]
+    for d in tail:
+        for f in ("labels.json", "report.txt", "R-CC.dcm"):
+            assert (d / f).read_bytes() == (tmp_path / "full" / d.name / f).read_bytes()
+    assert full[2].name == "study-0002"
+    assert phantom_cache_name(2, 3, "small", start=4) == f"phantoms-v{PHANTOM_VERSION}-3-4+2-small"
+    with pytest.raises(ValueError):
+        write_phantom_studies(tmp_path / "bad", 1, 3, start=-1)
+
+
+def test_extra_training_studies_join_train_and_move_no_held_out_study(tmp_path: Path) -> None:
+    from training.config import DataSection
+    from training.data.records import load_records
+
+    base = DataSection(phantom_studies=8, cache_dir=tmp_path, val_fraction=0.25, test_fraction=0.25)
+    before = {(r.study_id, r.laterality, r.view): r.split for r in load_records(base)}
+    more = load_records(base.model_copy(update={"phantom_extra_train_studies": 3}))
+    after = {(r.study_id, r.laterality, r.view): r.split for r in more}
+    assert {k: after[k] for k in before} == before                # every first-set split unchanged
+    added = {k[0] for k in set(after) - set(before)}
+    assert len(added) == 3 and {after[k] for k in after if k[0] in added} == {"train"}
+    assert {r.patient_id for r in more if r.study_id in added}.isdisjoint(
+        {r.patient_id for r in more if r.study_id not in added})
+    assert (tmp_path / phantom_cache_name(3, 0, "small", start=8)).is_dir()
+    with pytest.raises(ValueError, match="generated phantoms"):
+        load_records(base.model_copy(update={"phantom_extra_train_studies": 1, "root": tmp_path}))
+
+
 def test_extras_written_with_their_keys(tmp_path: Path) -> None:
     study = generate_study(SEED, 0, PhantomOptions(extra_views=True))
     write_study(study, tmp_path)

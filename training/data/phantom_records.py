@@ -74,16 +74,17 @@ def phantom_records(root: Path) -> list[ImageRecord]:
     return [r for study in studies for r in study_records(study)]
 
 
-def phantom_cache_name(studies: int, seed: int, size: str) -> str:
-    """``phantoms-v<PHANTOM_VERSION>-<seed>-<n>-<size>``: a new generator version never reuses
-    an older version's cached studies."""
+def phantom_cache_name(studies: int, seed: int, size: str, start: int = 0) -> str:
+    """``phantoms-v<PHANTOM_VERSION>-<seed>-<n>-<size>`` (``<seed>-<start>+<n>`` for a set that
+    starts past index 0): a new generator version never reuses an older version's cached studies."""
     from phantoms.study import PHANTOM_VERSION
 
-    return f"phantoms-v{PHANTOM_VERSION}-{seed}-{studies}-{size}"
+    count = f"{start}+{studies}" if start else f"{studies}"
+    return f"phantoms-v{PHANTOM_VERSION}-{seed}-{count}-{size}"
 
 
-def ensure_phantoms(cache_dir: Path | None, studies: int, seed: int, size: str) -> Path:
-    """``cache_dir/phantoms-v<version>-<seed>-<n>-<size>/``, generated once; safe when processes race.
+def ensure_phantoms(cache_dir: Path | None, studies: int, seed: int, size: str, start: int = 0) -> Path:
+    """``cache_dir/phantom_cache_name(...)/``, generated once; safe when processes race.
 
     Generation writes into a private temporary folder that is renamed into place when complete,
     so a folder that exists is always whole; the loser of a race discards its copy.
@@ -91,13 +92,13 @@ def ensure_phantoms(cache_dir: Path | None, studies: int, seed: int, size: str) 
     from phantoms.study import PhantomOptions, write_phantom_studies
 
     base = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "mammo-node-cache"
-    target = base / phantom_cache_name(studies, seed, size)
+    target = base / phantom_cache_name(studies, seed, size, start)
     if target.is_dir():
         return target
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
     try:
-        write_phantom_studies(tmp, studies, seed, PhantomOptions(size=size))
+        write_phantom_studies(tmp, studies, seed, PhantomOptions(size=size), start=start)
         try:
             os.rename(tmp, target)
         except OSError:

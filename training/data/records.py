@@ -5,6 +5,7 @@ source's reader turns its files into the same flat list of ``ImageRecord``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,10 +24,14 @@ def load_records(data_section: "DataSection") -> list[ImageRecord]:
     ``kind="phantom"`` with ``root`` None generates ``phantom_studies`` studies once into
     ``cache_dir/phantoms-v2-<seed>-<n>-<size>/`` and reuses them. Splits: the source's own where it
     has one (VinDr's test set, a manifest's split column), the rest by ``assign_splits`` with
-    ``split_seed``, ``val_fraction`` and ``test_fraction`` (grouped by patient).
+    ``split_seed``, ``val_fraction`` and ``test_fraction`` (grouped by patient). Phantom
+    ``phantom_extra_train_studies`` come after the splits are drawn and all join train, so adding
+    training data never moves a validation or test study.
     """
     d = data_section
     if d.kind == "phantom":
+        if d.root is not None and d.phantom_extra_train_studies:
+            raise ValueError("data.phantom_extra_train_studies needs generated phantoms (data.root unset)")
         root = Path(d.root) if d.root is not None else ensure_phantoms(
             d.cache_dir, d.phantom_studies, d.phantom_seed, d.phantom_size)
         records = phantom_records(root)
@@ -42,4 +47,9 @@ def load_records(data_section: "DataSection") -> list[ImageRecord]:
         raise ValueError(f"unknown data kind {d.kind!r}")
     if not records:
         raise ValueError(f"no images found for data kind {d.kind!r} at {d.root}")
-    return assign_splits(records, d.split_seed, d.val_fraction, d.test_fraction)
+    records = assign_splits(records, d.split_seed, d.val_fraction, d.test_fraction)
+    if d.kind == "phantom" and d.phantom_extra_train_studies:
+        extra = ensure_phantoms(d.cache_dir, d.phantom_extra_train_studies, d.phantom_seed, d.phantom_size,
+                                start=d.phantom_studies)
+        records += [replace(r, split="train") for r in phantom_records(extra)]
+    return records

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.eval.classification import bootstrap, classification_report
+from training.config import TrainConfig
 
 L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 TOP_K: tuple[int, ...] = (1, 2, 3)
@@ -123,7 +124,7 @@ def retrieval_topk(database: tuple[np.ndarray, np.ndarray], queries: tuple[np.nd
     return out
 
 
-def run_probe_eval(cfg: Any, checkpoint: Path | None = None) -> dict[str, Any]:
+def run_probe_eval(cfg: TrainConfig, checkpoint: Path | None = None) -> dict[str, Any]:
     """Linear probes (BI-RADS, density) and retrieval (by BI-RADS, by density) of a student's
     frozen features: train split fits, val chooses, ``eval.split`` scores; retrieval's database
     is every image outside ``eval.split``."""

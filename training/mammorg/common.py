@@ -16,6 +16,7 @@ from training import distributed as du
 from training.data.cache import PreprocessedCache
 from training.mammorg.data import StudyRecord, load_studies
 from training.mammorg.features import study_tokens
+from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,16 @@ STAGES = ("knowledge", "align", "sft")
 MODEL_DIR = "model"
 
 
-def stage_dir(cfg: Any, stage: str) -> Path:
+def stage_dir(cfg: TrainConfig, stage: str) -> Path:
     return Path(cfg.run.out_dir) / "mammorg" / stage
 
 
-def model_dir(cfg: Any, stage: str) -> Path:
+def model_dir(cfg: TrainConfig, stage: str) -> Path:
     """Where a stage leaves its whole model (``save_mammorg`` layout)."""
     return stage_dir(cfg, stage) / MODEL_DIR
 
 
-def previous_model(cfg: Any, stage: str) -> tuple[MammoRG, Any]:
+def previous_model(cfg: TrainConfig, stage: str) -> tuple[MammoRG, Any]:
     """The output of the stage before ``stage`` (each stage starts from it; the official code does not)."""
     before = STAGES[STAGES.index(stage) - 1]
     path = model_dir(cfg, before)
@@ -41,7 +42,7 @@ def previous_model(cfg: Any, stage: str) -> tuple[MammoRG, Any]:
     return load_mammorg(path)
 
 
-def load_vision(cfg: Any) -> VersaMammoStudent:
+def load_vision(cfg: TrainConfig) -> VersaMammoStudent:
     """The frozen VersaMammo student (``model.student_checkpoint``: ours or the official format)."""
     from models.versamammo.checkpoint import config_for
     from training.versamammo.distill.train import load_student
@@ -61,7 +62,7 @@ class Prepared:
     present: torch.Tensor               # (N, 4) bool
 
 
-def encoder_preprocessing(cfg: Any, student: VersaMammoStudent) -> PreprocessConfig:
+def encoder_preprocessing(cfg: TrainConfig, student: VersaMammoStudent) -> PreprocessConfig:
     """What the frozen encoder sees for a model built from this training config
     (``mammorg.preprocessing``); a saved model carries its own (``models.mammorg.config.preprocess_config``)."""
     from models.versamammo.config import student_preprocess_config
@@ -71,7 +72,7 @@ def encoder_preprocessing(cfg: Any, student: VersaMammoStudent) -> PreprocessCon
     return student_preprocess_config(student.cfg)
 
 
-def prepare(cfg: Any, student: VersaMammoStudent, device: torch.device,
+def prepare(cfg: TrainConfig, student: VersaMammoStudent, device: torch.device,
             pre: PreprocessConfig | None = None) -> Prepared:
     """Studies, splits and the student's tokens of every study (computed on rank 0, cached).
 

@@ -17,10 +17,11 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+
 
 from models.mammorg.config import VIEWS
 from training.data.image_record import ImageRecord
+from training.config import DataSection
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class StudyRecord:
     split: str | None = None
 
 
-def load_studies(data: Any) -> list[StudyRecord]:
+def load_studies(data: DataSection) -> list[StudyRecord]:
     """Every study of the configured source with its split (sorted by study id)."""
     if data.kind == "phantom":
         from training.data.records import load_records
@@ -75,7 +76,7 @@ def _jsonl_studies(path: Path) -> list[StudyRecord]:
     return sorted(out, key=lambda s: s.study_id)
 
 
-def _assign(studies: list[StudyRecord], data: Any) -> list[StudyRecord]:
+def _assign(studies: list[StudyRecord], data: DataSection) -> list[StudyRecord]:
     from training.data.splits import assign_splits
 
     proxies = [ImageRecord(path=Path(s.study_id), study_id=s.study_id, patient_id=s.patient_id, laterality="R",

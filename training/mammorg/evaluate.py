@@ -18,6 +18,7 @@ from models.mammorg.config import preprocess_config
 from training import distributed as du
 from training.eval.report_metrics import evaluate_reports
 from training.mammorg.common import model_dir, prepare, stage_dir
+from training.config import TrainConfig
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def generate_reports(model: Any, tokenizer: Any, tokens: torch.Tensor, present: 
     return texts
 
 
-def run_mammorg_eval(cfg: Any, model_path: Path | None = None) -> dict[str, Any]:
+def run_mammorg_eval(cfg: TrainConfig, model_path: Path | None = None) -> dict[str, Any]:
     """Metrics of the SFT model (or ``model_path``) on ``eval.split``; writes predictions and metrics."""
     path = Path(model_path) if model_path else model_dir(cfg, "sft")
     model, tokenizer = load_mammorg(path)

@@ -38,6 +38,7 @@ from training.mammorg.labels import RELATION_TAILS, StudyLabels, labels_from_rep
 from training.mammorg.loop import StageSpec, run_stage
 from training.mammorg.terms import init_term_rows
 from training.mammorg.tokenizer import build_tokenizers
+from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def warm_up_lm(model: MammoRG, tokenizer: Any, texts: list[str], epochs: int, lr
     return history
 
 
-def build_model(cfg: Any, data: Prepared, student: Any, device: torch.device) -> tuple[MammoRG, Any, dict[str, Any]]:
+def build_model(cfg: TrainConfig, data: Prepared, student: Any, device: torch.device) -> tuple[MammoRG, Any, dict[str, Any]]:
     """Tokenizers, model, (warmed-up LM), node features and bank, from the training split only."""
     m = cfg.mammorg
     out = stage_dir(cfg, "knowledge")
@@ -173,7 +174,7 @@ def build_model(cfg: Any, data: Prepared, student: Any, device: torch.device) ->
     return model.to(device), tokenizer, info
 
 
-def install_graph(model: MammoRG, cfg: Any, train_results: list[ReportResult], out: Path) -> dict[str, Any]:
+def install_graph(model: MammoRG, cfg: TrainConfig, train_results: list[ReportResult], out: Path) -> dict[str, Any]:
     """Build the graph's edges (``mammorg.graph_edges``) from the atlas table and the parsed
     training reports, install them as the model's adjacency, and list them with their sources in
     ``out/graph_edges.json`` (training split only, so no test report shapes the graph)."""
@@ -219,12 +220,12 @@ def probe_scores(stage: KnowledgeStage, tokens: torch.Tensor, present: torch.Ten
     return scores
 
 
-def run_knowledge(cfg: Any, *, max_iterations: int | None = None) -> Path:
+def run_knowledge(cfg: TrainConfig, *, max_iterations: int | None = None) -> Path:
     """Stage 1; returns the saved model directory."""
     return du.launched(cfg, lambda info: _run(cfg, info, max_iterations))
 
 
-def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
+def _run(cfg: TrainConfig, info: du.DistInfo, max_iterations: int | None) -> Path:
     du.seed_everything(cfg.run.seed)
     device = info.device
     out = stage_dir(cfg, "knowledge")

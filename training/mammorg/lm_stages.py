@@ -24,6 +24,7 @@ from training import distributed as du
 from training.mammorg.common import Prepared, load_vision, model_dir, prepare, previous_model, stage_dir
 from training.mammorg.loop import StageSpec, run_stage
 from training.mammorg.terms import mask_base_rows, term_parameters
+from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,12 @@ def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in module.state_dict().items()}
 
 
-def run_lm_stage(cfg: Any, stage: str, *, max_iterations: int | None = None) -> Path:
+def run_lm_stage(cfg: TrainConfig, stage: str, *, max_iterations: int | None = None) -> Path:
     """``stage`` is "align" or "sft"; returns the saved model directory."""
     return du.launched(cfg, lambda info: _run(cfg, stage, info, max_iterations))
 
 
-def _run(cfg: Any, stage: str, info: du.DistInfo, max_iterations: int | None) -> Path:
+def _run(cfg: TrainConfig, stage: str, info: du.DistInfo, max_iterations: int | None) -> Path:
     du.seed_everything(cfg.run.seed)
     device = info.device
     section = cfg.align if stage == "align" else cfg.sft

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import load_train_config
+from training.config import TrainConfig
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mammorg_tiny.toml"
 KEYS = ("density_f1", "birads_f1", "density_completeness", "birads_completeness", "finding_f1_pooled",
@@ -29,7 +30,7 @@ def proof_config(out_dir: Path, cache_dir: Path, student: Path, studies: int, kn
     return load_train_config(TINY_CONFIG, overrides)
 
 
-def train_and_score(cfg: Any) -> dict[str, Any]:
+def train_and_score(cfg: TrainConfig) -> dict[str, Any]:
     from training.mammorg.evaluate import run_mammorg_eval
     from training.mammorg.knowledge import run_knowledge
     from training.mammorg.lm_stages import run_lm_stage

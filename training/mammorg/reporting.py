@@ -20,6 +20,7 @@ import torch
 from models.package.labels import BIRADS_CLASSES, DENSITY_CLASSES
 from models.report.parse import parse_report
 from training.eval.classification import macro_f1
+from training.config import TrainConfig
 
 FIELDS = ("density", "birads")
 
@@ -76,7 +77,7 @@ def choose(reference: dict[tuple[str, str], dict[str, str | None]], report: dict
     return out
 
 
-def reporting_sources(mcfg: Any, student_path: Path, model_dir: Path) -> dict[str, Any]:
+def reporting_sources(mcfg: TrainConfig, student_path: Path, model_dir: Path) -> dict[str, Any]:
     """Generate validation reports with the trained MammoRG, run the student on the same studies,
     and choose per field (see the module docstring)."""
     from models.mammorg.model import load_mammorg
@@ -111,7 +112,7 @@ def reporting_sources(mcfg: Any, student_path: Path, model_dir: Path) -> dict[st
 class _NoCache:
     """``get_or_prepare`` without a cache folder."""
 
-    def get_or_prepare(self, path: Path, cfg: Any, laterality: str | None = None) -> Any:
+    def get_or_prepare(self, path: Path, cfg: TrainConfig, laterality: str | None = None) -> Any:
         import pydicom
 
         from models.preprocess import prepare_uint8

@@ -21,14 +21,15 @@ from training.data.records import load_records
 from training.eval.classification import classification_report, multilabel_report
 from training.versamammo.distill.data import TwoViewTransform, student_preprocess_config
 from training.versamammo.distill.train import BEST, predict
+from training.config import TrainConfig
 
 
-def run_eval(cfg: Any, checkpoint: Path | None = None) -> dict[str, Any]:
+def run_eval(cfg: TrainConfig, checkpoint: Path | None = None) -> dict[str, Any]:
     """Metrics of ``checkpoint`` (default: this run's best student) on ``eval.split``."""
     return evaluate_student(cfg, checkpoint)[0]
 
 
-def evaluate_student(cfg: Any, checkpoint: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate_student(cfg: TrainConfig, checkpoint: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``run_eval``'s report and the per-image predictions behind it (``distill.train.predict``)."""
     path = Path(checkpoint) if checkpoint else Path(cfg.run.out_dir) / "distill" / BEST
     if not path.exists():

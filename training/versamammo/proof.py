@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from training.config import load_train_config
+from training.config import TrainConfig
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "versamammo_tiny.toml"
 LESION_CLASSES = (0, 3, 4, 5)  # BI-RADS heads' classes that mean "something is there"
@@ -50,7 +51,7 @@ def ssl_loss_windows(metrics_file: Path, window: int) -> tuple[float, float]:
     return float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
 
 
-def probe_teachers(cfg: Any, teacher_path: Path, shots: int, seed: int = 0) -> dict[str, Any]:
+def probe_teachers(cfg: TrainConfig, teacher_path: Path, shots: int, seed: int = 0) -> dict[str, Any]:
     from models.versamammo.checkpoint import build_teacher, config_for, load_checkpoint
     from training.data.records import load_records
     from training.versamammo.ssl.data import RecordImageSource
@@ -71,7 +72,7 @@ def probe_teachers(cfg: Any, teacher_path: Path, shots: int, seed: int = 0) -> d
     return out
 
 
-def student_metrics(cfg: Any) -> dict[str, Any]:
+def student_metrics(cfg: TrainConfig) -> dict[str, Any]:
     from training.eval.classification import binary_auc, macro_f1
     from training.versamammo.evaluate import evaluate_student
 

@@ -6,12 +6,13 @@ it); every stage that builds a student (patches, distill) asks here, so they agr
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+
 
 from models.versamammo.config import VersaMammoConfig, config_for
+from training.config import TrainConfig
 
 
-def student_model_config(cfg: Any) -> VersaMammoConfig:
+def student_model_config(cfg: TrainConfig) -> VersaMammoConfig:
     """``config_for(cfg.model.size)`` with the run's student head options applied."""
     model_cfg = config_for(cfg.model.size)
     changes = {name: getattr(cfg.model, name) for name in ("student_head_pool", "student_lesion_map")

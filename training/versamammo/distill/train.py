@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,20 +36,19 @@ from models.versamammo.checkpoint import (
     load_official_teacher, read_checkpoint, save_checkpoint,
 )
 from training import distributed as du
-from training.checkpoint import checkpoint_path, latest_checkpoint, load_training_state, prune_checkpoints, \
-    save_training_state
 from training.data.cache import PreprocessedCache
 from training.data.datasets import MammoImageDataset
 from training.data.image_record import ImageRecord
 from training.data.records import load_records
 from training.data.sampling import SeededBatchSampler
 from training.eval.classification import accuracy, binary_auc, macro_f1
-from training.metrics_log import MetricsLogger
+from training.loop import Loop, autocast, effective_precision, iteration_plan
 from training.versamammo.distill.data import SeededDataset, TwoViewTransform, student_preprocess_config, teacher_input
 from training.versamammo.distill.losses import (
     class_weights, contrastive_structure_loss, lesion_map_loss, masked_bce, masked_ce, relational_kd_loss,
 )
 from training.versamammo.student_config import student_model_config
+from training.config import DistillSection, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ class DistillModule(nn.Module):
 
 
 # ----------------------------------------------------------------------------- model loading
-def load_student(cfg: Any, model_cfg: VersaMammoConfig) -> VersaMammoStudent:
+def load_student(cfg: TrainConfig, model_cfg: VersaMammoConfig) -> VersaMammoStudent:
     """The starting student: ``model.student_checkpoint`` (ours or official), else by
     ``model.student_init``: the lesion-patch pretrained student of this run, or random init."""
     path = cfg.model.student_checkpoint
@@ -142,7 +140,7 @@ def adopt_heads(start: VersaMammoStudent, model_cfg: VersaMammoConfig) -> VersaM
     return student.train(start.training)
 
 
-def find_teacher(cfg: Any) -> Path:
+def find_teacher(cfg: TrainConfig) -> Path:
     """``model.teacher_checkpoint`` or the stage-1 output of this run."""
     if cfg.model.teacher_checkpoint is not None:
         return Path(cfg.model.teacher_checkpoint)
@@ -260,25 +258,16 @@ def selection_score(pred: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- the run
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type != "cuda" and dtype == torch.float16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _split(records: list[ImageRecord], split: str) -> list[ImageRecord]:
     return [r for r in records if r.split == split]
 
 
-def run_distill(cfg: Any, *, max_iterations: int | None = None) -> Path:
+def run_distill(cfg: TrainConfig, *, max_iterations: int | None = None) -> Path:
     """Train the student; returns the best (validation) checkpoint path. Resumes automatically."""
     return du.launched(cfg, lambda info: _run(cfg, info, max_iterations))
 
 
-def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
+def _run(cfg: TrainConfig, info: du.DistInfo, max_iterations: int | None) -> Path:
     dcfg = cfg.distill
     device = info.device
     du.seed_everything(cfg.run.seed)
@@ -320,78 +309,43 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     heads = [p for name, p in student.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.Adam([{"params": backbone, "lr": dcfg.lr * dcfg.backbone_lr_mult}, {"params": heads}],
                                  lr=dcfg.lr, weight_decay=dcfg.weight_decay)
-    precision = cfg.run.precision if device.type == "cuda" else ("bf16" if cfg.run.precision == "bf16" else "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    precision = effective_precision(cfg.run.precision, device)
 
     weights = {"birads": class_weights([r.birads for r in train_records], model_cfg.n_birads, dcfg.class_weights),
                "density": class_weights([r.density for r in train_records], model_cfg.n_density, dcfg.class_weights)}
-    per_epoch = len(train_set) // (dcfg.batch_size_per_rank * info.world_size)
-    if per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
-                         f"{dcfg.batch_size_per_rank} per rank x {info.world_size} ranks")
-    total = dcfg.epochs * per_epoch
-    if max_iterations is not None:
-        total = min(total, max_iterations)
+    per_epoch, total = iteration_plan(len(train_set), dcfg.batch_size_per_rank, info.world_size, dcfg.epochs,
+                                      max_iterations, "stage 2: training images")
 
-    start_iteration, best = 0, {"score": -1.0}
-    resume = latest_checkpoint(out_dir)
-    if resume is not None:
-        state = load_training_state(resume, model=student, optimizer=optimizer, scaler=scaler)
-        start_iteration = int(state["iteration"])
-        best = state["extra"].get("best", best)
-        if du.is_main():
-            log.info("resumed stage 2 from %s at iteration %d", resume, start_iteration)
-    # Records carry the 1-based count of completed iterations, so the checkpointed iteration's own
-    # records (its loss, its validation) belong to the run that is being continued: keep them.
-    metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start_iteration + 1)
-    # (image, augmentation seed) batches as a pure function of the iteration: exact resume
-    sampler = SeededBatchSampler(len(train_set), dcfg.batch_size_per_rank, total, seed=cfg.run.seed, rank=info.rank,
-                              world_size=info.world_size, start_iteration=start_iteration)
-    loader = DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.run.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.run.seed))
-    config_json = json.loads(cfg.model_dump_json())
+    def batches(start: int) -> DataLoader:
+        # (image, augmentation seed) batches as a pure function of the iteration: exact resume
+        sampler = SeededBatchSampler(len(train_set), dcfg.batch_size_per_rank, total, seed=cfg.run.seed,
+                                     rank=info.rank, world_size=info.world_size, start_iteration=start)
+        return DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.run.num_workers,
+                          generator=torch.Generator().manual_seed(cfg.run.seed))
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    def lr_at(iteration: int) -> tuple[float, float]:
+        warmup = iteration // per_epoch < dcfg.lesion_map_warmup_epochs
+        return dcfg.lr * (1.0 if warmup else dcfg.backbone_lr_mult), dcfg.lr
 
-    progress = Progress("stage 2", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        "{task.fields[loss]}", disable=not du.is_main())
-    iteration = start_iteration
-    with progress, metrics:
-        task = progress.add_task("distill", total=total, completed=start_iteration, loss="")
-        student.train()
-        tick = time.perf_counter()
-        for batch in loader:
-            epoch = iteration // per_epoch
-            teacher_feat = None if online else features[batch["index"]]
-            warmup = epoch < dcfg.lesion_map_warmup_epochs
-            for group, mult in zip(optimizer.param_groups, (1.0 if warmup else dcfg.backbone_lr_mult, 1.0)):
-                group["lr"] = dcfg.lr * mult
-            loss, parts = _step(module, teacher, batch, teacher_feat, dcfg, device, precision, weights,
-                                lesion_map_only=warmup)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"stage-2 loss is {loss.item()} at iteration {iteration}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            iteration += 1
-            progress.update(task, advance=1, loss=f"loss {parts['loss']:.3f}")
-            if iteration % cfg.run.log_every == 0 or iteration == total:
-                elapsed = time.perf_counter() - tick
-                metrics.log({"stage": "distill", "iteration": iteration, "epoch": epoch,
-                             **du.reduce_dict_mean(parts),
-                             "images_per_s": dcfg.batch_size_per_rank * info.world_size / max(elapsed, 1e-9)})
-            tick = time.perf_counter()
-            end_of_epoch = iteration % per_epoch == 0 or iteration == total
-            if end_of_epoch:
-                best = _end_of_epoch(student, val_set, device, out_dir, metrics, iteration, epoch, best)
-            if end_of_epoch or (cfg.run.checkpoint_every and iteration % cfg.run.checkpoint_every == 0):
-                save_training_state(checkpoint_path(out_dir, iteration), model=student, optimizer=optimizer,
-                                    scaler=scaler, iteration=iteration, epoch=epoch, config=config_json,
-                                    extra={"best": best})
-                if du.is_main():
-                    prune_checkpoints(out_dir, keep=2)
-                tick = time.perf_counter()
+    def step(batch: dict[str, Any], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        teacher_feat = None if online else features[batch["index"]]
+        return _step(module, teacher, batch, teacher_feat, dcfg, device, precision, weights,
+                     lesion_map_only=iteration // per_epoch < dcfg.lesion_map_warmup_epochs)
+
+    def validate() -> dict[str, float]:
+        return selection_score(predict(student, val_set, device))
+
+    def on_best(best: dict[str, Any]) -> None:
+        scores = {k: v for k, v in best.items() if k not in ("epoch", "iteration")}
+        save_checkpoint(student, out_dir / BEST,
+                        extra={"stage": "distill", "selected_on": "val", "val": scores, "epoch": best["epoch"]})
+
+    loop = Loop("distill", out_dir, student, optimizer, per_epoch, total, batches, step, device,
+                precision=precision, lr_at=lr_at, validate=validate if len(val_set) else None, on_best=on_best,
+                label="stage 2", log_every=cfg.run.log_every, checkpoint_every=cfg.run.checkpoint_every,
+                config=json.loads(cfg.model_dump_json()),
+                items_per_iteration=dcfg.batch_size_per_rank * info.world_size, throughput_key="images_per_s")
+    _, iteration = loop.run()
     if du.is_main():
         save_checkpoint(student, out_dir / LAST, extra={"stage": "distill", "iterations": iteration})
         if not (out_dir / BEST).exists():
@@ -419,14 +373,14 @@ def refit_best(path: Path, train_set: MammoImageDataset, val_set: MammoImageData
 
 
 def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_feat: torch.Tensor | None,
-          dcfg: Any, device: torch.device, precision: str,
+          dcfg: DistillSection, device: torch.device, precision: str,
           weights: dict[str, torch.Tensor | None] | None = None,
           lesion_map_only: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """One stage-2 loss (see the module docstring) and its parts as plain floats; with
     ``lesion_map_only`` (the lesion-map warm-up) only the lesion-map term."""
     views = batch["image"]
     if lesion_map_only:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out, _ = module(views["high"].to(device), views["low"].to(device))
         lesion = _lesion_term(out, batch, views, device)
         return lesion, {"lesion_map": lesion.item(), "loss": lesion.item()}
@@ -434,7 +388,7 @@ def _step(module: nn.Module, teacher: nn.Module, batch: dict[str, Any], teacher_
         with torch.no_grad():
             teacher_feat = teacher(views["teacher"].to(device))["cls"].float()
     teacher_feat = teacher_feat.to(device)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         out, low_feat = module(views["high"].to(device), views["low"].to(device))
     feature = out["feature"].float()
     weights = weights or {}
@@ -460,18 +414,3 @@ def _lesion_term(out: dict[str, torch.Tensor], batch: dict[str, Any], views: dic
     flipped = views["high_flipped"].to(device)
     target = torch.where(flipped[:, None, None], target.flip(-1), target)  # follow the high view's mirror
     return lesion_map_loss(out["lesion_map"], target, batch["lesion_map_known"].to(device))
-
-
-def _end_of_epoch(student: VersaMammoStudent, val_set: MammoImageDataset, device: torch.device, out_dir: Path,
-                  metrics: MetricsLogger, iteration: int, epoch: int, best: dict[str, Any]) -> dict[str, Any]:
-    """Validate (rank 0), keep the best student by the validation score."""
-    if du.is_main() and len(val_set):
-        scores = selection_score(predict(student, val_set, device))
-        metrics.log({"stage": "distill", "iteration": iteration, "epoch": epoch,
-                     **{f"val_{k}": v for k, v in scores.items()}})
-        if scores["score"] > best.get("score", -1.0):
-            best = {"score": scores["score"], "epoch": epoch, "iteration": iteration, **scores}
-            save_checkpoint(student, out_dir / BEST,
-                            extra={"stage": "distill", "selected_on": "val", "val": scores, "epoch": epoch})
-    student.train()
-    return du.broadcast_object(best)

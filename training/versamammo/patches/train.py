@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,14 @@ from torch.utils.data import DataLoader
 from models.package.labels import FINDING_CLASSES
 from models.versamammo.checkpoint import VersaMammoStudent, build_student, config_for, save_checkpoint
 from training import distributed as du
-from training.checkpoint import checkpoint_path, latest_checkpoint, load_training_state, prune_checkpoints, \
-    save_training_state
 from training.data.cache import PreprocessedCache
 from training.data.records import load_records
 from training.data.sampling import SeededBatchSampler, sample_seed
 from training.eval.classification import binary_auc
-from training.metrics_log import MetricsLogger
+from training.loop import Loop, autocast, effective_precision
 from training.versamammo.distill.data import student_preprocess_config
 from training.versamammo.patches.data import LesionPatchDataset, PatchSettings
+from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +71,18 @@ def warmup_cosine(total: int, warmup_fraction: float = 0.05) -> Any:
     return factor
 
 
-def patch_settings(cfg: Any) -> PatchSettings:
+def patch_settings(cfg: TrainConfig) -> PatchSettings:
     p = cfg.patches
     return PatchSettings(size=p.size, positive_fraction=p.positive_fraction, jitter=p.jitter,
                          max_overlap=p.max_overlap)
 
 
-def run_patches(cfg: Any, *, max_iterations: int | None = None) -> Path:
+def run_patches(cfg: TrainConfig, *, max_iterations: int | None = None) -> Path:
     """Pretrain the student on lesion patches; returns the best student checkpoint. Resumes automatically."""
     return du.launched(cfg, lambda info: _run(cfg, info, max_iterations))
 
 
-def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
+def _run(cfg: TrainConfig, info: du.DistInfo, max_iterations: int | None) -> Path:
     pcfg = cfg.patches
     device = info.device
     du.seed_everything(cfg.run.seed)
@@ -112,57 +110,39 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     per_epoch = max(1, pcfg.samples_per_epoch // (pcfg.batch_size_per_rank * info.world_size))
     planned = pcfg.epochs * per_epoch
     total = planned if max_iterations is None else min(planned, max_iterations)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(planned))  # a stop early keeps the plan
+    factor = warmup_cosine(planned)  # a stop early keeps the plan
+    precision = effective_precision(cfg.run.precision, device)
 
-    start, best = 0, {"auc": -1.0}
-    resume = latest_checkpoint(out_dir)
-    if resume is not None:
-        state = load_training_state(resume, model=model, optimizer=optimizer)
-        start = int(state["iteration"])
-        best = state["extra"].get("best", best)
-        schedule.load_state_dict(state["extra"]["schedule"])
-    metrics = MetricsLogger(out_dir / "metrics.jsonl", resume_from=start + 1)
-    sampler = SeededBatchSampler(len(train_set), pcfg.batch_size_per_rank, total, seed=cfg.run.seed,
-                                 rank=info.rank, world_size=info.world_size, start_iteration=start)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.run.num_workers)
+    def batches(start: int) -> DataLoader:
+        sampler = SeededBatchSampler(len(train_set), pcfg.batch_size_per_rank, total, seed=cfg.run.seed,
+                                     rank=info.rank, world_size=info.world_size, start_iteration=start)
+        return DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.run.num_workers)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress("lesion patches", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        "{task.fields[loss]}", disable=not du.is_main())
-    iteration = start
-    with progress, metrics:
-        task = progress.add_task("patches", total=total, completed=start, loss="")
-        model.train()
-        tick = time.perf_counter()
-        for batch in loader:
+    def step(batch: dict[str, Any], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        with autocast(device, precision):
             out = module(batch["image"].to(device))
-            kind_loss = F.cross_entropy(out["kind"], batch["kind"].to(device))
-            birads = batch["birads"].to(device)
-            birads_loss = F.cross_entropy(out["birads"], birads, ignore_index=-1) if (birads >= 0).any() \
-                else out["birads"].sum() * 0.0
-            loss = kind_loss + birads_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"patch loss is {loss.item()} at iteration {iteration}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            iteration += 1
-            progress.update(task, advance=1, loss=f"loss {loss.item():.3f}")
-            if iteration % cfg.run.log_every == 0 or iteration == total:
-                metrics.log({"stage": "patches", "iteration": iteration, "loss": loss.item(),
-                             "kind_ce": kind_loss.item(), "birads_ce": birads_loss.item(),
-                             "patches_per_s": pcfg.batch_size_per_rank / max(time.perf_counter() - tick, 1e-9)})
-            tick = time.perf_counter()
-            if iteration % per_epoch == 0 or iteration == total:
-                best = _end_of_epoch(model, val_set, device, out_dir, metrics, iteration, best)
-                save_training_state(checkpoint_path(out_dir, iteration), model=model, optimizer=optimizer,
-                                    scaler=None, iteration=iteration, epoch=iteration // per_epoch,
-                                    extra={"best": best, "schedule": schedule.state_dict()})
-                if du.is_main():
-                    prune_checkpoints(out_dir, keep=2)
-                tick = time.perf_counter()
+        kind_loss = F.cross_entropy(out["kind"].float(), batch["kind"].to(device))
+        birads = batch["birads"].to(device)
+        birads_loss = F.cross_entropy(out["birads"].float(), birads, ignore_index=-1) if (birads >= 0).any() \
+            else out["birads"].sum() * 0.0
+        return kind_loss + birads_loss, {"kind_ce": kind_loss.item(), "birads_ce": birads_loss.item()}
+
+    def validate() -> dict[str, float]:
+        scores = evaluate_patches(model, val_set, device)
+        return {**scores, "score": -0.5 if np.isnan(scores["auc"]) else scores["auc"]}
+
+    def on_best(best: dict[str, Any]) -> None:
+        scores = {k: v for k, v in best.items() if k not in ("epoch", "iteration", "score")}
+        save_checkpoint(model.student, out_dir / PATCH_STUDENT, extra={
+            "stage": "patches", "selected_on": "val", "val": scores, "iteration": best["iteration"]})
+
+    # Without validation lesions there is nothing to select on: the last backbone is kept.
+    loop = Loop("patches", out_dir, model, optimizer, per_epoch, total, batches, step, device,
+                precision=precision, lr_at=lambda i: [pcfg.lr * factor(i)],
+                validate=validate if val_set.lesions else None, on_best=on_best, label="lesion patches",
+                log_every=cfg.run.log_every, items_per_iteration=pcfg.batch_size_per_rank * info.world_size,
+                throughput_key="patches_per_s")
+    _, iteration = loop.run()
     if du.is_main() and not (out_dir / PATCH_STUDENT).exists():
         save_checkpoint(student, out_dir / PATCH_STUDENT, extra={"stage": "patches", "iterations": iteration})
     du.barrier()
@@ -195,17 +175,3 @@ def evaluate_patches(model: PatchModel, dataset: LesionPatchDataset, device: tor
     return {"auc": binary_auc((y_kind > 0).astype(int), 1.0 - np.concatenate(p_normal)),
             "kind_acc": float((pk == y_kind).mean()),
             "lesion_birads_acc": float((pb[lesion] == y_birads[lesion]).mean()) if lesion.any() else float("nan")}
-
-
-def _end_of_epoch(model: PatchModel, val_set: LesionPatchDataset, device: torch.device, out_dir: Path,
-                  metrics: MetricsLogger, iteration: int, best: dict[str, Any]) -> dict[str, Any]:
-    """Validate (rank 0) and keep the backbone with the best lesion-vs-normal AUC."""
-    if du.is_main():
-        scores = evaluate_patches(model, val_set, device) if val_set.lesions else {"auc": float("nan")}
-        metrics.log({"stage": "patches", "iteration": iteration, **{f"val_{k}": v for k, v in scores.items()}})
-        auc = scores["auc"]
-        if np.isnan(auc) or auc > best.get("auc", -1.0):
-            best = {**scores, "auc": -0.5 if np.isnan(auc) else auc, "iteration": iteration}
-            save_checkpoint(model.student, out_dir / PATCH_STUDENT,
-                            extra={"stage": "patches", "selected_on": "val", "val": scores, "iteration": iteration})
-    return du.broadcast_object(best)

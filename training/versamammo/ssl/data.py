@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from training.versamammo.ssl.augment import MultiCropAugmentation
+from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class RecordImageSource(ImageSource):
         return None if value is None else int(value)
 
 
-def build_image_source(cfg: Any, split: str | None = "train") -> RecordImageSource:
+def build_image_source(cfg: TrainConfig, split: str | None = "train") -> RecordImageSource:
     """The images of ``split`` (None: all) of the run's data set (``training.data.records``).
 
     Stage 1 uses the training split only, as the official code does (``split == "train"``).

@@ -20,7 +20,6 @@ Outputs in ``run.out_dir/ssl/``:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -50,6 +49,8 @@ from training.data.sampling import SeededBatchSampler
 from training.versamammo.ssl.data import SSLDataset, build_image_source
 from training.versamammo.ssl.masking import SSLCollate
 from training.versamammo.ssl.meta_arch import SSLMetaArch, StudentForward, last_layer_parameters
+from training.config import SSLSection, TrainConfig
+from training.loop import autocast, effective_precision
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,12 @@ class SSLSchedules:
     total_iterations: int
 
 
-def peak_learning_rate(ssl_cfg: Any, world_size: int) -> float:
+def peak_learning_rate(ssl_cfg: SSLSection, world_size: int) -> float:
     """``base_lr * sqrt(total batch / 1024)`` (DINOv2's ``sqrt_wrt_1024`` scaling rule)."""
     return float(ssl_cfg.base_lr) * math.sqrt(ssl_cfg.batch_size_per_rank * world_size / 1024.0)
 
 
-def build_schedules(ssl_cfg: Any, world_size: int) -> SSLSchedules:
+def build_schedules(ssl_cfg: SSLSection, world_size: int) -> SSLSchedules:
     ipe = int(ssl_cfg.iterations_per_epoch)
     total = int(ssl_cfg.epochs) * ipe
     peak = peak_learning_rate(ssl_cfg, world_size)
@@ -116,7 +117,7 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return (name.endswith(".bias") or "norm" in name or leaf == "gamma" or param.ndim <= 1 or leaf in _TOKENS)
 
 
-def param_groups(student: nn.Module, ssl_cfg: Any) -> list[dict[str, Any]]:
+def param_groups(student: nn.Module, ssl_cfg: SSLSection) -> list[dict[str, Any]]:
     """AdamW groups keyed by (lr multiplier, weight-decay multiplier, is last layer), fixed order."""
     n_blocks = len(getattr(student.backbone, "blocks", []))
     groups: dict[tuple[float, float, bool], dict[str, Any]] = {}
@@ -172,20 +173,6 @@ def _load_init_weights(meta: SSLMetaArch, path: Path, model_cfg: Any) -> None:
     meta.teacher.load_state_dict(state)
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _effective_precision(precision: str, device: torch.device) -> str:
-    if device.type == "cpu" and precision == "fp16":
-        log.warning("run.precision = fp16 is not supported on CPU; running fp32")
-        return "fp32"
-    return precision
-
-
 def _shard_fsdp(meta: SSLMetaArch, precision: str) -> None:
     """FSDP2 over student and teacher, each block its own unit. The student is SHARD_GRAD_OP-like
     (parameters stay gathered between forward and backward), as the official run configured FSDP."""
@@ -222,7 +209,7 @@ def _progress(enabled: bool, total: int, start: int):
 
 
 # ----------------------------------------------------------------------------------- run
-def run_ssl(cfg: Any, *, max_iterations: int | None = None) -> Path:
+def run_ssl(cfg: TrainConfig, *, max_iterations: int | None = None) -> Path:
     """Train (or resume) stage 1 for the run ``cfg`` (a ``training.config.TrainConfig``).
 
     Returns ``out_dir/ssl/teacher_final.pt`` (written at ``epochs * iterations_per_epoch``
@@ -243,7 +230,7 @@ def run_ssl(cfg: Any, *, max_iterations: int | None = None) -> Path:
             du.cleanup()
 
 
-def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
+def _run(cfg: TrainConfig, info: du.DistInfo, max_iterations: int | None) -> Path:
     from models.versamammo.checkpoint import build_teacher, config_for, save_checkpoint
 
     ssl = cfg.ssl
@@ -252,7 +239,7 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     du.barrier()
     device = info.device
-    precision = _effective_precision(cfg.run.precision, device)
+    precision = effective_precision(cfg.run.precision, device)
     use_fsdp = bool(ssl.use_fsdp) and info.distributed
     if ssl.use_fsdp and not use_fsdp:
         log.warning("ssl.use_fsdp needs a process group (launch with torchrun); running without FSDP")
@@ -319,7 +306,7 @@ def _run(cfg: Any, info: du.DistInfo, max_iterations: int | None) -> Path:
     return final
 
 
-def _train_loop(cfg: Any, info: du.DistInfo, meta: SSLMetaArch, optimizer: torch.optim.Optimizer, scaler: Any,
+def _train_loop(cfg: TrainConfig, info: du.DistInfo, meta: SSLMetaArch, optimizer: torch.optim.Optimizer, scaler: Any,
                 sched: SSLSchedules, model_cfg: Any, out_dir: Path, start: int, stop: int,
                 precision: str, use_fsdp: bool) -> Path | None:
     ssl = cfg.ssl
@@ -354,7 +341,7 @@ def _train_loop(cfg: Any, info: du.DistInfo, meta: SSLMetaArch, optimizer: torch
                 batch = _to_device(batch, device)
                 apply_schedules(optimizer, sched, it)
                 optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, precision):
+                with autocast(device, precision):
                     loss, parts = meta(batch, sched.teacher_temp[it])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite SSL loss at iteration {it}: {float(loss)}")
