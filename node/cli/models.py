@@ -222,7 +222,7 @@ def bootstrap_demo(cache: Optional[Path] = typer.Option(None, "--cache", help="W
     if quick:
         command.append("--quick")
     if not as_json:
-        console.print(f"training demonstration models on synthetic phantoms (cache: {cache_dir}); about 40 minutes "
+        console.print(f"training demonstration models on synthetic phantoms (cache: {cache_dir}); about two hours "
                       "on 2 cores the first time (export/bootstrap.py states the recipe's budget), a rerun resumes")
     started = time.time()
     proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if as_json else None,

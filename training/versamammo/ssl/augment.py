@@ -40,6 +40,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from training.config import SSLSection
+from models.versamammo.config import VersaMammoConfig
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class AugmentConfig:
     official_blur_bug: bool = False  # True: apply blur with 1 - p, as the official code does
 
     @classmethod
-    def from_configs(cls, ssl_cfg: SSLSection, model_cfg: Any, **overrides: Any) -> "AugmentConfig":
+    def from_configs(cls, ssl_cfg: SSLSection, model_cfg: VersaMammoConfig, **overrides: Any) -> "AugmentConfig":
         """From ``TrainConfig.ssl`` and a ``models.versamammo.checkpoint`` config (crop sizes, normalisation)."""
         mean, std = model_cfg.teacher_norm
         values = dict(

@@ -32,6 +32,7 @@ from torch import nn
 
 from training.versamammo.ssl.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from training.config import SSLSection
+from models.versamammo.config import VersaMammoConfig
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
@@ -69,7 +70,7 @@ class StudentForward(nn.Module):
 
 
 class SSLMetaArch(nn.Module):
-    def __init__(self, model_cfg: Any, ssl_cfg: SSLSection, build: Callable[..., nn.Module] | None = None) -> None:
+    def __init__(self, model_cfg: VersaMammoConfig, ssl_cfg: SSLSection, build: Callable[..., nn.Module] | None = None) -> None:
         super().__init__()
         if build is None:
             from models.versamammo.checkpoint import build_teacher as build

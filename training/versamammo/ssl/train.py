@@ -51,6 +51,7 @@ from training.versamammo.ssl.masking import SSLCollate
 from training.versamammo.ssl.meta_arch import SSLMetaArch, StudentForward, last_layer_parameters
 from training.config import SSLSection, TrainConfig
 from training.loop import autocast, effective_precision
+from models.versamammo.config import VersaMammoConfig
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def official_teacher_state(state: dict[str, torch.Tensor], depth: int,
     return out
 
 
-def _load_init_weights(meta: SSLMetaArch, path: Path, model_cfg: Any) -> None:
+def _load_init_weights(meta: SSLMetaArch, path: Path, model_cfg: VersaMammoConfig) -> None:
     from models.versamammo.checkpoint import load_checkpoint, load_official_teacher, read_checkpoint
 
     try:
@@ -307,7 +308,7 @@ def _run(cfg: TrainConfig, info: du.DistInfo, max_iterations: int | None) -> Pat
 
 
 def _train_loop(cfg: TrainConfig, info: du.DistInfo, meta: SSLMetaArch, optimizer: torch.optim.Optimizer, scaler: Any,
-                sched: SSLSchedules, model_cfg: Any, out_dir: Path, start: int, stop: int,
+                sched: SSLSchedules, model_cfg: VersaMammoConfig, out_dir: Path, start: int, stop: int,
                 precision: str, use_fsdp: bool) -> Path | None:
     ssl = cfg.ssl
     device = info.device
