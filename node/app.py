@@ -28,6 +28,7 @@ from node.outbox import Attempt, Outbox, OutboxRow
 from node.outputs.prepare import OutputPreparer
 from node.pipeline import Pipeline
 from node.store import InstanceStore, StoreResult
+from node.study_result import StudyResult
 
 log = logging.getLogger("mammo_node")
 
@@ -99,14 +100,14 @@ class NodeApp:
         self.audit.write("received", calling_ae=calling_ae, peer=host, study_uid=result.study_uid,
                          instance_id=result.instance_id, status=f"0x{result.status:04X}")
 
-    def _study_done(self, study_uid: str, state: str, result: dict[str, Any] | None) -> None:
+    def _study_done(self, study_uid: str, state: str, result: StudyResult | None) -> None:
         self.metrics.studies_processed.labels(state.lower()).inc()
         if result is not None:
+            timings = result.timings or {}
             for model in ("versamammo", "mammorg"):
-                if model in result.get("timings", {}):
-                    self.metrics.inference.labels(model).observe(result["timings"][model])
-            self.audit.write("result", study_uid=study_uid, models=result.get("models", {}),
-                             status=result.get("status"))
+                if model in timings:
+                    self.metrics.inference.labels(model).observe(timings[model])
+            self.audit.write("result", study_uid=study_uid, models=dict(result.models), status=result.status)
             self.outbox.wake()
 
     def _delivery_attempted(self, row: OutboxRow, attempt: Attempt) -> None:

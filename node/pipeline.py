@@ -43,6 +43,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -57,6 +58,7 @@ from node.logref import study_ref
 from node.marks import image_marks, lesion_map_record, mark_settings
 from node.results import breast_probabilities, build_result, reporting_sources
 from node.outputs.prepare import OutputPreparer
+from node.study_result import CadMark, LesionMap, Localization, StudyResult
 from node.views import POSITIONS
 
 log = logging.getLogger("mammo_node.pipeline")
@@ -85,7 +87,7 @@ class _Speculation:
         self.adopted = False    # the worker waits for it: it is that study's processing now
         self.started = False
         self.done = threading.Event()
-        self.result: dict[str, Any] | None = None
+        self.result: StudyResult | None = None
         self.versions: dict[str, str] | None = None
         self.seconds = 0.0
 
@@ -99,7 +101,7 @@ class Pipeline:
 
     def __init__(self, journal: Journal, engine: InferenceEngine, data_dir: Any, rescan_seconds: float = 5.0,
                  outputs: OutputPreparer | None = None,
-                 on_done: Callable[[str, str, dict[str, Any] | None], None] | None = None,
+                 on_done: Callable[[str, str, StudyResult | None], None] | None = None,
                  sources: dict[str, str] | None = None, speculative_runs: int = 0,
                  mark_threshold: float | None = None, max_marks_per_image: int = 3) -> None:
         self.journal = journal
@@ -326,8 +328,7 @@ class Pipeline:
                 self.speculation_stats["kept"] += 1
                 kept = " (speculative run kept: same images, same models)"
             elif missing and policy == "report":
-                result = {"status": "incomplete", "missing_views": missing, "breasts": {}, "disagreements": [],
-                          "report": None, "models": {}, "preliminary": True}
+                result = StudyResult.incomplete(missing)
             else:
                 result, _ = self._run_models(study_uid, selection, missing)
         except StudyFailed as exc:
@@ -335,19 +336,21 @@ class Pipeline:
         except Exception as exc:  # a model or file error fails the study, never the node
             return self._fail(study_uid, f"{type(exc).__name__}: {exc}")
         if selection.get("missing_why"):  # e.g. a position only a For Processing image filled
-            result["missing_why"] = dict(selection["missing_why"])
-        result["seconds"] = round(time.perf_counter() - start, 3)
-        versions = ", ".join(f"{k} {v}" for k, v in sorted(result["models"].items())) or "no models run"
+            result = replace(result, missing_why=dict(selection["missing_why"]))
+        seconds = round(time.perf_counter() - start, 3)
+        result = replace(result, seconds=seconds)
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(result.models.items())) or "no models run"
         finished_at = time.time()
+        outputs: list[dict[str, Any]] = []
         try:
-            outputs = ([] if self.outputs is None else
-                       self.outputs.plan_study(self.journal, self.data_dir, study_uid, result, finished_at))
+            if self.outputs is not None:  # records what the result replaces and the SRs planned for it
+                result, outputs = self.outputs.plan_study(self.journal, self.data_dir, study_uid, result, finished_at)
         except Exception as exc:  # unreadable headers, a bug: keep the study visible and retryable
             log.exception("study %s: planning its outputs failed", study_ref(study_uid))
             return self._fail(study_uid, f"planning the outputs failed ({type(exc).__name__}: {exc})")
-        self.journal.finish_study(study_uid, result, f"processed with {versions}{kept}"
+        self.journal.finish_study(study_uid, result.to_json(), f"processed with {versions}{kept}"
                                   + (f"; {len(outputs)} outputs queued" if outputs else ""), outputs, now=finished_at)
-        log.info("study %s DONE in %.2f s (%s)", study_ref(study_uid), result["seconds"], versions)
+        log.info("study %s DONE in %.2f s (%s)", study_ref(study_uid), seconds, versions)
         if self.on_done is not None:
             self.on_done(study_uid, DONE, result)
         return DONE
@@ -363,7 +366,7 @@ class Pipeline:
         return dict(self.engine.registry.active())
 
     def _run_models(self, study_uid: str, selection: dict[str, Any], missing: list[str],
-                    cancelled: Callable[[], bool] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+                    cancelled: Callable[[], bool] | None = None) -> tuple[StudyResult, dict[str, str]]:
         """The result of the models on the selected images, and the model versions it used.
         ``cancelled`` (speculative runs) is asked between stages; True raises _Cancelled."""
         from node.inference.engine import ModelUnavailable
@@ -426,14 +429,18 @@ class Pipeline:
         parsed = parse_report(report.text)
         result = build_result(report.text, parsed, breast_probabilities(per_view), vm.labels, models.versions,
                               missing, sources=reporting_sources(self.sources, rg.manifest.data.get("reporting")))
-        localization = mark_settings(vm.localization, self.mark_threshold, self.max_marks_per_image)
-        result["localization"] = localization
-        if localization["attempted"] and out.lesion_map is not None:
+        localization = Localization.from_json(mark_settings(vm.localization, self.mark_threshold,
+                                                            self.max_marks_per_image))
+        result = replace(result, localization=localization)
+        if localization.attempted and out.lesion_map is not None:
+            assert localization.mark_threshold is not None and localization.max_marks_per_image is not None
             size = tuple(vm.input_size)
-            result["marks"] = [m.to_dict() for i, p in enumerate(order) for m in image_marks(
+            # As the result keeps them (rounded: what the encoders write), and the map of each image
+            # for the heatmap secondary capture.
+            marks = tuple(CadMark.from_json(m.to_dict()) for i, p in enumerate(order) for m in image_marks(
                 p, out.lesion_map[i], geometries[p][0], size, geometries[p][1], out.findings[i],
-                vm.labels["findings"], localization["mark_threshold"], localization["max_marks_per_image"])]
-            result["lesion_maps"] = {p: lesion_map_record(out.lesion_map[i], geometries[p][0], size)
-                                     for i, p in enumerate(order)}  # for the heatmap secondary capture
-        result["timings"] = timings
-        return result, dict(models.versions)
+                vm.labels["findings"], localization.mark_threshold, localization.max_marks_per_image))
+            maps = {p: LesionMap.from_json(lesion_map_record(out.lesion_map[i], geometries[p][0], size))
+                    for i, p in enumerate(order)}
+            result = replace(result, marks=marks, lesion_maps=maps)
+        return replace(result, timings=timings), dict(models.versions)

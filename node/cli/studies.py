@@ -4,13 +4,14 @@ chosen, state history, result), and process one again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from node.cli.common import (ConfigOption, JsonOption, console, err_console, local_time, markup, open_journal,
                              print_json, settings_from)
+from node.study_result import StudyResult
 
 studies_app = typer.Typer(help="Inspect received studies.", no_args_is_help=True)
 
@@ -118,29 +119,28 @@ def studies_show(
     for event in study.events:
         history.add_row(local_time(event["at"]), event["from_state"] or "-", event["to_state"], markup(event["reason"]))
     console.print(history)
-    _print_result(data["result"])
+    if data["result"]:
+        _print_result(StudyResult.from_json(data["result"]))
 
 
-def _print_result(result: dict[str, Any] | None) -> None:
-    if not result:
-        return
-    if result.get("status") == "incomplete":
-        console.print(f"result: incomplete study, missing {', '.join(result['missing_views'])}; no models run")
+def _print_result(result: StudyResult) -> None:
+    if result.status == "incomplete":
+        console.print(f"result: incomplete study, missing {', '.join(result.missing_views)}; no models run")
         return
     table = Table(title="Result (preliminary AI output, not verified)")
     for column in ("breast", "BI-RADS", "density", "findings", "classifier BI-RADS / density"):
         table.add_column(column)
-    for side, b in result["breasts"].items():
-        c = b.get("classifier") or {}
-        findings = ", ".join(f"{f['kind']} ({f['status']})" for f in b["findings"]) or "-"
-        table.add_row(side, str(b["birads"]), str(b["density"]), findings,
-                      f"{c.get('birads', '-')} / {c.get('density', '-')}")
+    for side, b in result.breasts.items():
+        c = b.classifier
+        findings = ", ".join(f"{f.kind} ({f.status})" for f in b.findings) or "-"
+        table.add_row(side, str(b.birads), str(b.density), findings,
+                      f"{c.birads} / {c.density}" if c is not None else "- / -")
     console.print(table)
-    for d in result["disagreements"]:
-        console.print(f"[yellow]{d['breast']} {d['field']}: report {d['report']}, classifier {d['classifier']}[/yellow]")
-    console.print(f"models: {', '.join(f'{k} {v}' for k, v in sorted(result['models'].items()))}")
-    if result.get("report"):
-        console.print(result["report"]["text"], highlight=False, markup=False)
+    for d in result.disagreements:
+        console.print(f"[yellow]{d.breast} {d.field}: report {d.report}, classifier {d.classifier}[/yellow]")
+    console.print(f"models: {', '.join(f'{k} {v}' for k, v in sorted(result.models.items()))}")
+    if result.report is not None:
+        console.print(result.report.text, highlight=False, markup=False)
 
 
 @studies_app.command("retry")

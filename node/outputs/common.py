@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Mapping
+
+from node.study_result import StudyResult
 
 MANUFACTURER = "mammo-node"
 
@@ -51,7 +53,7 @@ class NotApplicable(Exception):
     views were missing): it is not produced, and the other outputs still are."""
 
 
-def model_label(versions: dict[str, str], kind: str) -> tuple[str, str]:
+def model_label(versions: Mapping[str, str], kind: str) -> tuple[str, str]:
     """("versamammo-demo", "1.0.0") from the result's ``{"versamammo": "versamammo-demo@1.0.0"}``."""
     value = versions.get(kind, f"{kind}@unknown")
     name, _, version = value.partition("@")
@@ -101,23 +103,23 @@ def installation_device_uid(data_dir: Path, *, create: bool = True, fsync: bool 
     return value
 
 
-def report_language(result: dict[str, Any]) -> tuple[str, str]:
+def report_language(result: StudyResult) -> tuple[str, str]:
     """(RFC 5646 tag, meaning) of the report text: Chinese when it has CJK characters, else English
     (what the report generator writes); en-US when there is no report."""
-    text = " ".join(str(v) for v in (result.get("report") or {}).values() if v)
+    text = " ".join(result.report.texts()) if result.report is not None else ""
     if re.search(r"[\u3400-\u9fff\uf900-\ufaff]", text):
         return "zh", "Chinese"
     return "en-US", "English (United States)"
 
 
-def completion(result: dict[str, Any]) -> tuple[str, str | None]:
+def completion(result: StudyResult) -> tuple[str, str | None]:
     """(Completion Flag, Completion Flag Description) of both SRs. PS3.3 C.17.2: the flag is about
     the content (are all the observations there?), not about signing (Verification Flag): COMPLETE
     for a complete result, PARTIAL with the missing views otherwise."""
-    status = result.get("status", "complete")
+    status = result.status
     if status == "complete":
         return "COMPLETE", None
-    missing = ", ".join(result.get("missing_views") or [])
+    missing = ", ".join(result.missing_views)
     text = (f"views missing ({missing}); no model ran" if status == "incomplete"
             else f"views missing ({missing}); processed with the views present")
     return "PARTIAL", text[:64]

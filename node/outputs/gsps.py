@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.outputs.common import DEVICE_NAME, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
 from node.outputs.source import SourceImage, SourceStudy, stamp
 from node.outputs.identity import derived_uid, document_identity
+from node.study_result import CadMark, StudyResult
 
 KIND = "gsps"
 SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State Storage
@@ -36,19 +37,19 @@ HEADER = "AI CAD marks, preliminary, not for diagnosis"
 _TEXT_HEIGHT = 0.03  # of the image height, for the text boxes
 
 
-def _applies(result: dict[str, Any]) -> None:
-    if not (result.get("localization") or {}).get("attempted"):
+def _applies(result: StudyResult) -> None:
+    if not result.localization_attempted:
         raise NotApplicable("the VersaMammo package gives no CAD marks (no lesion map): no presentation state")
 
 
-def planned_states(source: SourceStudy, result: dict[str, Any], created_at: float,
+def planned_states(source: SourceStudy, result: StudyResult, created_at: float,
                    device_uid: str) -> list[tuple[str, str]]:
     """(position, SOP Instance UID) of each presentation state, without building them."""
     _applies(result)
     return [(image.position, _identity(source, result, created_at, device_uid, image)[1]) for image in source.images]
 
 
-def _identity(source: SourceStudy, result: dict[str, Any], created_at: float, device_uid: str,
+def _identity(source: SourceStudy, result: StudyResult, created_at: float, device_uid: str,
               image: SourceImage) -> tuple[str, str]:
     ident = document_identity(source, result, KIND, created_at, device_uid=device_uid,
                               extra=[SOP_CLASS_UID, image.position])
@@ -60,7 +61,7 @@ def _text_box(x: float, y: float, text: str, height: float) -> tuple[float, floa
     return (x, y, x + 0.6 * height * len(text), y + height)
 
 
-def _annotation(image: SourceImage, marks: list[dict[str, Any]], layer: hd.pr.GraphicLayer) -> hd.pr.GraphicAnnotation:
+def _annotation(image: SourceImage, marks: list[CadMark], layer: hd.pr.GraphicLayer) -> hd.pr.GraphicAnnotation:
     rows, cols = int(image.dataset.Rows), int(image.dataset.Columns)
     height = max(8.0, _TEXT_HEIGHT * rows)
     header = f"{HEADER}: {len(marks)} mark{'s' if len(marks) != 1 else ''}"
@@ -69,13 +70,13 @@ def _annotation(image: SourceImage, marks: list[dict[str, Any]], layer: hd.pr.Gr
                               text_justification=hd.pr.TextJustificationValues.LEFT)]
     graphics = []
     for mark in marks:
-        x0, y0, x1, y1 = (float(v) for v in mark["box"])
+        x0, y0, x1, y1 = (float(v) for v in mark.box)
         graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE,
                                             np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]),
                                             hd.pr.AnnotationUnitsValues.PIXEL))
-        graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POINT, np.array([mark["center"]], dtype=float),
+        graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POINT, np.array([mark.center], dtype=float),
                                             hd.pr.AnnotationUnitsValues.PIXEL))
-        label = f"{mark['kind']} {float(mark['score']):.2f}"
+        label = f"{mark.kind} {float(mark.score):.2f}"
         top = y0 - height - 1 if y0 - height - 1 >= 0 else y1 + 1
         texts.append(hd.pr.TextObject(label, hd.pr.AnnotationUnitsValues.PIXEL,
                                       bounding_box=_clip_box(_text_box(x0, top, label, height), cols, rows),
@@ -101,7 +102,7 @@ def _voi(image: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
                                                referenced_images=hd.ReferencedImageSequence([image]))]
 
 
-def build_presentation_state(source: SourceStudy, result: dict[str, Any], *, created_at: float, device_uid: str,
+def build_presentation_state(source: SourceStudy, result: StudyResult, *, created_at: float, device_uid: str,
                              identity: str) -> Dataset:
     """The presentation state planned as ``identity`` (a SOP Instance UID from planned_states);
     LookupError when none of this result has it (the result changed since it was planned)."""
@@ -110,9 +111,9 @@ def build_presentation_state(source: SourceStudy, result: dict[str, Any], *, cre
         series_uid, sop_uid = _identity(source, result, created_at, device_uid, image)
         if sop_uid != identity:
             continue
-        marks = [m for m in result.get("marks") or [] if m["position"] == image.position]
+        marks = result.marks_on(image.position)
         layer = hd.pr.GraphicLayer(LAYER, order=1, description="CAD marks of the AI lesion map", display_color=LAYER_COLOR)
-        name, version = model_label(result.get("models") or {}, "versamammo")
+        name, version = model_label(result.models, "versamammo")
         gsps = hd.pr.GrayscaleSoftcopyPresentationState(
             referenced_images=[image.dataset], series_instance_uid=series_uid, series_number=SERIES_NUMBER,
             sop_instance_uid=sop_uid, instance_number=number, manufacturer=MANUFACTURER,
@@ -142,7 +143,8 @@ def build_presentation_state(source: SourceStudy, result: dict[str, Any], *, cre
 
 
 def read_presentation_state(ds: Dataset) -> dict[str, Any]:
-    """What a viewer draws: per referenced image, the rectangles, points and texts of our layer."""
+    """What a viewer draws: per referenced image, the rectangles, points and texts of our layer
+    (plain dicts, what the tests compare with the result's marks)."""
     out: dict[str, Any] = {"sop_instance_uid": str(ds.SOPInstanceUID), "images": {}}
     for annotation in ds.get("GraphicAnnotationSequence", []):
         if annotation.GraphicLayer != LAYER:

@@ -20,7 +20,7 @@ image's position and its lesion map as extras): same content, same UID.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 import highdicom as hd
 import numpy as np
@@ -32,6 +32,7 @@ from models.preprocess.geometry import ModelGeometry
 from node.outputs.common import DEVICE_NAME, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
 from node.outputs.source import SourceImage, SourceStudy, stamp
 from node.outputs.identity import document_identity
+from node.study_result import CadMark, LesionMap, StudyResult
 
 KIND = "heatmap_sc"
 SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
@@ -46,22 +47,23 @@ MIN_SHOWN = 0.05         # probabilities below this are not drawn
 MARK_COLOR = (0, 255, 255)
 
 
-def _applies(result: dict[str, Any]) -> dict[str, Any]:
-    maps = result.get("lesion_maps")
-    if not (result.get("localization") or {}).get("attempted") or not maps:
+def _applies(result: StudyResult) -> Mapping[str, LesionMap]:
+    maps = result.lesion_maps
+    if not result.localization_attempted or not maps:
         raise NotApplicable("the VersaMammo package gives no lesion map: no heatmap secondary capture")
     return maps
 
 
-def _identity(source: SourceStudy, result: dict[str, Any], created_at: float, device_uid: str,
+def _identity(source: SourceStudy, result: StudyResult, created_at: float, device_uid: str,
               image: SourceImage) -> tuple[str, str]:
-    heat = json.dumps(result["lesion_maps"].get(image.position), sort_keys=True)
+    heat_map = (result.lesion_maps or {}).get(image.position)
+    heat = json.dumps(None if heat_map is None else heat_map.to_json(), sort_keys=True)
     ident = document_identity(source, result, KIND, created_at, device_uid=device_uid,
                               extra=[SOP_CLASS_UID, image.position, heat])
     return ident.series_instance_uid, ident.sop_instance_uid
 
 
-def planned_captures(source: SourceStudy, result: dict[str, Any], created_at: float,
+def planned_captures(source: SourceStudy, result: StudyResult, created_at: float,
                      device_uid: str) -> list[tuple[str, str]]:
     """(position, SOP Instance UID) of each secondary capture (images with a lesion map), unbuilt."""
     maps = _applies(result)
@@ -85,13 +87,13 @@ def display_image(ds: Dataset) -> np.ndarray:
     return np.round(out * 255).astype(np.uint8)
 
 
-def heat_on_source(heat: dict[str, Any], shape: tuple[int, int], scale: float) -> np.ndarray:
+def heat_on_source(heat: LesionMap, shape: tuple[int, int], scale: float) -> np.ndarray:
     """The lesion map at every pixel of a ``shape`` (rows, cols) image that is the source image
     scaled by ``scale``: bilinear over the grid's cell centres, through the model geometry; 0 outside
     the model image."""
-    prob = np.asarray(heat["map"], dtype=np.float64)
-    geometry = ModelGeometry(**heat["geometry"])
-    rows, cols = heat["model_size"]
+    prob = np.asarray(heat.map, dtype=np.float64)
+    geometry = ModelGeometry(**heat.geometry)
+    rows, cols = heat.model_size
     g_rows, g_cols = prob.shape
     ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
     mx, my = geometry.to_model((xs + 0.5) / scale, (ys + 0.5) / scale)
@@ -115,7 +117,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def render(image: np.ndarray, heat: dict[str, Any], marks: list[dict[str, Any]], lines: list[str]) -> np.ndarray:
+def render(image: np.ndarray, heat: LesionMap, marks: list[CadMark], lines: list[str]) -> np.ndarray:
     """RGB uint8: ``image`` (uint8 source pixels) downsampled, heat, marks and ``lines`` burnt in."""
     from PIL import Image, ImageDraw
 
@@ -133,10 +135,10 @@ def render(image: np.ndarray, heat: dict[str, Any], marks: list[dict[str, Any]],
     text_size = max(10, size[1] // 40)
     font = _font(text_size)
     for mark in marks:
-        x0, y0, x1, y1 = (float(v) for v in mark["box"])
+        x0, y0, x1, y1 = (float(v) for v in mark.box)
         box = (x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y)
         draw.rectangle(box, outline=MARK_COLOR, width=max(1, text_size // 8))
-        label = f"{mark['kind']} {float(mark['score']):.2f}"
+        label = f"{mark.kind} {float(mark.score):.2f}"
         top = box[1] - text_size - 2 if box[1] - text_size - 2 >= 0 else box[3] + 2
         draw.text((box[0], top), label, fill=MARK_COLOR, font=font)
     y = 2
@@ -149,7 +151,7 @@ def render(image: np.ndarray, heat: dict[str, Any], marks: list[dict[str, Any]],
 
 
 # ---------------------------------------------------------------------------- the instance
-def build_secondary_capture(source: SourceStudy, result: dict[str, Any], *, created_at: float, device_uid: str,
+def build_secondary_capture(source: SourceStudy, result: StudyResult, *, created_at: float, device_uid: str,
                             identity: str) -> Dataset:
     """The secondary capture planned as ``identity`` (a SOP Instance UID from planned_captures);
     LookupError when none of this result has it (the result changed since it was planned)."""
@@ -163,9 +165,9 @@ def build_secondary_capture(source: SourceStudy, result: dict[str, Any], *, crea
         if image.path is None:
             raise NotApplicable(f"{image.position}: the source image's pixels are not at hand")
         pixels = display_image(pydicom.dcmread(image.path))
-        marks = [m for m in result.get("marks") or [] if m["position"] == image.position]
-        name, version = model_label(result.get("models") or {}, "versamammo")
-        threshold = (result.get("localization") or {}).get("mark_threshold")
+        marks = result.marks_on(image.position)
+        name, version = model_label(result.models, "versamammo")
+        threshold = result.localization.mark_threshold if result.localization is not None else None
         lines = [HEADER, f"{name}@{version} lesion map; {len(marks)} CAD mark(s) at >= {threshold}"]
         rgb = render(pixels, maps[image.position], marks, lines)
         src = image.dataset

@@ -24,6 +24,7 @@ from node.config import HL7Output
 from node.outputs.common import DISCLAIMER, MANUFACTURER, SOFTWARE_VERSION, NotApplicable, model_label
 from node.outputs.identity import control_id, filler_order_number, replaced_control_id
 from node.outputs.source import SourceStudy
+from node.study_result import Breast, Disagreement, StudyResult
 
 HL7_VERSION = "2.5.1"
 MESSAGE_TYPE = "ORU^R01^ORU_R01"
@@ -193,7 +194,7 @@ def _exam_orders(source: SourceStudy) -> tuple[str, str]:
     return found[0], found[1]
 
 
-def build_oru(source: SourceStudy, result: dict[str, Any], settings: HL7Output, *, created_at: float) -> str:
+def build_oru(source: SourceStudy, result: StudyResult, settings: HL7Output, *, created_at: float) -> str:
     """The ORU^R01 (ER7, segments ended by CR) for one result; ``created_at`` (the result's journal
     time) fills MSH-7 and OBR-22 so that a resend is byte-identical.
 
@@ -297,10 +298,10 @@ def _obr(source: SourceStudy, placer: str, filler: str, service: Coded, accessio
     return _segment("OBR", *fields)
 
 
-def _notes(result: dict[str, Any]) -> list[str]:
+def _notes(result: StudyResult) -> list[str]:
     notes = [DISCLAIMER]
-    missing = ", ".join(result.get("missing_views") or [])
-    status = result.get("status")
+    missing = ", ".join(result.missing_views)
+    status = result.status
     if status == "incomplete":
         notes.append(f"No AI result: the study is missing the views {missing or '(unknown)'}.")
     elif status == "partial":
@@ -310,22 +311,21 @@ def _notes(result: dict[str, Any]) -> list[str]:
     return [_segment("NTE", str(i), "L", escape(text)) for i, text in enumerate(notes, 1)]
 
 
-def _observations(source: SourceStudy, result: dict[str, Any], status: str = "P", analysed: str = "") -> list[str]:
+def _observations(source: SourceStudy, result: StudyResult, status: str = "P", analysed: str = "") -> list[str]:
     obs = _Observations(status, analysed)
-    status = str(result.get("status") or "complete")
+    status = result.status
     obs.add("CWE", _local("AI-STATUS", "AI result status"), "",
             _local(status, _STATUS_TEXT.get(status, status)).er7())
-    for i, view in enumerate(result.get("missing_views") or [], 1):
+    for i, view in enumerate(result.missing_views, 1):
         obs.add("ST", _local("MISSING-VIEW", "Missing view"), str(i), escape(view))
-    breasts = result.get("breasts") or {}
     for side, (sub_id, word) in _SIDES.items():
-        if side in breasts:
-            _breast(obs, side, sub_id, word, breasts[side], result.get("disagreements") or [])
-    report = result.get("report") or {}
-    for code, line in _report_lines(str(report.get("text") or "")):
+        if side in result.breasts:
+            _breast(obs, side, sub_id, word, result.breasts[side], result.disagreements)
+    text = result.report.text if result.report is not None else ""
+    for code, line in _report_lines(text):
         obs.add("TX", Coded(*code), "", escape(line))
-    for kind, _ in sorted((result.get("models") or {}).items()):
-        name, version = model_label(result["models"], kind)
+    for kind, _ in sorted(result.models.items()):
+        name, version = model_label(result.models, kind)
         obs.add("ST", _local(f"MODEL-{kind.upper()}", _MODEL_NAMES.get(kind, f"AI model ({kind})")), "",
                 escape(f"{name} {version}"))
     obs.add("ST", Coded(*STUDY_UID_CODE), "", escape(source.study_uid))
@@ -357,33 +357,33 @@ def _method(source: str | None) -> Coded | None:
     return _local(*_METHODS[source]) if source in _METHODS else None
 
 
-def _breast(obs: _Observations, side: str, sub_id: str, word: str, breast: dict[str, Any],
-            disagreements: Iterable[dict[str, Any]]) -> None:
+def _breast(obs: _Observations, side: str, sub_id: str, word: str, breast: Breast,
+            disagreements: Iterable[Disagreement]) -> None:
     """One breast's OBX group: sub-ID "1" (right) or "2" (left), finding k as "1.k"."""
-    if breast.get("birads"):
+    if breast.birads:
         obs.add("CWE", _local(f"BIRADS-{side}", f"BI-RADS assessment, {word} breast"), sub_id,
-                _term_code(lexicon.birads_term(breast["birads"])).er7(), _method(breast.get("birads_source")))
-    if breast.get("density"):
+                _term_code(lexicon.birads_term(breast.birads)).er7(), _method(breast.birads_source))
+    if breast.density:
         obs.add("CWE", _local(f"DENSITY-{side}", f"Breast composition (ACR), {word} breast"), sub_id,
-                _term_code(lexicon.density_term(breast["density"])).er7(), _method(breast.get("density_source")))
-    for k, finding in enumerate(breast.get("findings") or [], 1):
+                _term_code(lexicon.density_term(breast.density)).er7(), _method(breast.density_source))
+    for k, finding in enumerate(breast.findings, 1):
         group = f"{sub_id}.{k}"  # the finding and its certainty, sites and descriptors
         obs.add("CWE", _local(f"FINDING-{side}", f"Finding, {word} breast"), group,
-                _term_code(finding["kind"]).er7(), _method("report"))
-        certainty = str(finding.get("status") or "POS")
+                _term_code(finding.kind).er7(), _method("report"))
+        certainty = finding.status
         obs.add("CWE", _local(f"CERTAINTY-{side}", f"Finding certainty, {word} breast"), group,
                 _local(certainty, _CERTAINTY.get(certainty, certainty)).er7())
-        for location in finding.get("locations") or []:
+        for location in finding.locations:
             obs.add("CWE", _local(f"SITE-{side}", f"Finding site, {word} breast"), group,
                     _term_code(location).er7())
-        for descriptor in finding.get("descriptors") or []:
+        for descriptor in finding.descriptors:
             obs.add("CWE", _local(f"DESCRIPTOR-{side}", f"Finding descriptor, {word} breast"), group,
                     _term_code(descriptor).er7())
     for item in disagreements:
-        if item.get("breast") == side:
-            label = "BI-RADS" if item.get("field") == "birads" else "Density"
+        if item.breast == side:
+            label = "BI-RADS" if item.field == "birads" else "Density"
             obs.add("ST", _local(f"DISAGREE-{side}", f"Report and classifier disagree, {word} breast"), sub_id,
-                    escape(f"{label}: report {item.get('report')}, classifier {item.get('classifier')}"))
+                    escape(f"{label}: report {item.report}, classifier {item.classifier}"))
 
 
 # ---------------------------------------------------------------------- checking and reading back

@@ -12,16 +12,19 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable, Mapping
 
 from node.outputs.source import SourceStudy, stamp
+from node.study_result import StudyResult
 
 
-def result_fingerprint(study_uid: str, models: dict[str, str], result: dict[str, Any]) -> str:
+def result_fingerprint(study_uid: str, models: Mapping[str, str], result: StudyResult) -> str:
     """A short stable digest of what a result says (HL7 control IDs derive from it; the SRs use
-    :func:`document_identity`, which covers everything their bytes depend on)."""
-    text = json.dumps({"study": study_uid, "models": models,
-                       "breasts": result.get("breasts"), "report": result.get("report")}, sort_keys=True)
+    :func:`document_identity`, which covers everything their bytes depend on). A hash of the
+    result's JSON form (StudyResult.to_json), so it is what it was when results were plain JSON."""
+    data = result.to_json()
+    text = json.dumps({"study": study_uid, "models": dict(models),
+                       "breasts": data["breasts"], "report": data["report"]}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -49,10 +52,10 @@ class OutputIdentity:
     fingerprint: str
 
 
-def output_identity(study_uid: str, result: dict[str, Any], kind: str) -> OutputIdentity:
+def output_identity(study_uid: str, result: StudyResult, kind: str) -> OutputIdentity:
     """The identity from the result alone: what HL7 control IDs derive from, and what the SRs of
     results journaled before document_identity existed were named by (node.outputs.amend)."""
-    models = dict(result.get("models", {}))
+    models = dict(result.models)
     fingerprint = result_fingerprint(study_uid, models, result)
     versions = [f"{k}={v}" for k, v in sorted(models.items())]
     return OutputIdentity(derived_uid("series", study_uid, kind, versions),
@@ -67,21 +70,23 @@ _DOCUMENT_RESULT_KEYS = ("status", "missing_views", "breasts", "disagreements", 
 _OPTIONAL_RESULT_KEYS = ("localization", "marks")
 
 
-def document_identity(source: SourceStudy, result: dict[str, Any], kind: str, created_at: float,
+def document_identity(source: SourceStudy, result: StudyResult, kind: str, created_at: float,
                       *, device_uid: str, extra: Iterable[str] = ()) -> OutputIdentity:
     """The UIDs of one SR: the series per (study, kind, model versions); the instance from
     everything its bytes depend on: the result as shown, the source images and their headers, the
     creation stamp, the node's software version and device UID, and ``extra`` (the writer's own
     choices, e.g. the SOP class). Same content, same UID (a resend replaces itself in the PACS);
-    different content, a different UID (a PACS never sees two versions under one UID)."""
+    different content, a different UID (a PACS never sees two versions under one UID). The result
+    enters as its JSON form (StudyResult.to_json): the UIDs are those of the plain-JSON days."""
     from node.outputs.common import SOFTWARE_VERSION
 
-    models = dict(result.get("models", {}))
+    models = dict(result.models)
+    data = result.to_json()
     when = stamp(created_at, source)
     text = json.dumps({
         "study": source.study_uid, "kind": kind,
-        "result": {**{key: result.get(key) for key in _DOCUMENT_RESULT_KEYS},
-                   **{key: result[key] for key in _OPTIONAL_RESULT_KEYS if key in result}},
+        "result": {**{key: data.get(key) for key in _DOCUMENT_RESULT_KEYS},
+                   **{key: data[key] for key in _OPTIONAL_RESULT_KEYS if key in data}},
         "images": [[i.position, i.sop_class_uid, i.series_instance_uid, i.sop_instance_uid] for i in source.images],
         "headers": source.header_digest(), "stamp": [when.datetime, when.offset],
         "software": SOFTWARE_VERSION, "device": device_uid, "extra": list(extra),
@@ -93,27 +98,27 @@ def document_identity(source: SourceStudy, result: dict[str, Any], kind: str, cr
 
 
 # ---------------------------------------------------------------------- HL7
-def control_id(study_uid: str, result: dict[str, Any]) -> str:
+def control_id(study_uid: str, result: StudyResult) -> str:
     """MSH-10: "MN" + 16 hex digits, equal for an identical resend and new for a changed result
     (the result fingerprint the SR UIDs use, plus status and missing views, which the ORU states)."""
     fingerprint = output_identity(study_uid, result, "hl7").fingerprint
-    extra = json.dumps([fingerprint, result.get("status"), sorted(result.get("missing_views") or [])])
+    extra = json.dumps([fingerprint, result.status, sorted(result.missing_views)])
     return "MN" + hashlib.sha256(extra.encode()).hexdigest()[:16]
 
 
-def filler_order_number(study_uid: str, result: dict[str, Any]) -> str:
+def filler_order_number(study_uid: str, result: StudyResult) -> str:
     """ORC-3/OBR-3 of an AI result: "AI" + 16 hex digits, from the study and the set of models
     (their kinds, not versions), so a resend and a re-processing after a model upgrade keep it; a
-    result replacing an earlier one takes the earlier one's number (``result["replaces"]["oru"]``),
+    result replacing an earlier one takes the earlier one's number (``result.replaces["oru"]``),
     so the RIS replaces that result even when the model set changed."""
-    link = (result.get("replaces") or {}).get("oru") or {}
-    if link.get("filler_order_number"):
-        return str(link["filler_order_number"])
-    kinds = sorted((result.get("models") or {}).keys())
+    link = result.replaced_message()
+    if link is not None and link.filler_order_number:
+        return str(link.filler_order_number)
+    kinds = sorted(result.models.keys())
     return "AI" + hashlib.sha256(json.dumps(["filler", study_uid, kinds]).encode()).hexdigest()[:16].upper()
 
 
-def replaced_control_id(result: dict[str, Any]) -> str | None:
+def replaced_control_id(result: StudyResult) -> str | None:
     """MSH-10 of the ORU^R01 this result's ORU replaces, or None."""
-    link = (result.get("replaces") or {}).get("oru")
-    return link["control_id"] if link else None
+    link = result.replaced_message()
+    return link.control_id if link is not None else None

@@ -16,6 +16,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from node.logref import study_ref
 from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.common import TID1500_KINDS, NotApplicable, installation_device_uid, report_family
 from node.outputs.source import SourceStudy
+from node.study_result import DocumentRef, StudyResult
 
 log = logging.getLogger("mammo_node.outputs")
 
@@ -54,7 +56,7 @@ def device_uid(settings: Settings) -> str:
     return uid
 
 
-def build_output(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
+def build_output(kind: str, source: SourceStudy, result: StudyResult, created_at: float,
                  settings: Settings, identity: str | None = None) -> tuple[str, bytes]:
     """(identity, payload bytes) of one output kind; raises NotApplicable where it has nothing to say.
     Kinds with one instance per source image (IMAGE_KINDS) build the one planned as ``identity``."""
@@ -97,27 +99,27 @@ def build_output(kind: str, source: SourceStudy, result: dict[str, Any], created
     raise ValueError(f"unknown output kind {kind!r}")
 
 
-def planned_document(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
-                     device: str) -> dict[str, Any]:
+def planned_document(kind: str, source: SourceStudy, result: StudyResult, created_at: float,
+                     device: str) -> DocumentRef:
     """What an SR of ``kind`` will be known by (UIDs, SOP class, numbers), without building it;
     NotApplicable where none is made. The same functions as the writers', so they agree."""
     from node.outputs.amend import SR_SOP_CLASSES, document_numbers
     from node.outputs.identity import document_identity
 
-    if report_family(kind) == "tid1500" and (result.get("status") == "incomplete" or not result.get("breasts")):
+    if report_family(kind) == "tid1500" and not result.has_model_output:
         raise NotApplicable("no model ran (views missing): no TID 1500 SR")
     ident = document_identity(source, result, kind, created_at, device_uid=device, extra=[SR_SOP_CLASSES[kind]])
     series_number, instance_number = document_numbers(result, kind, ident.series_instance_uid)
-    return {"study_uid": source.study_uid, "series_uid": ident.series_instance_uid,
-            "sop_instance_uid": ident.sop_instance_uid, "sop_class_uid": SR_SOP_CLASSES[kind],
-            "series_number": series_number, "instance_number": instance_number}
+    return DocumentRef(study_uid=source.study_uid, series_uid=ident.series_instance_uid,
+                       sop_instance_uid=ident.sop_instance_uid, sop_class_uid=SR_SOP_CLASSES[kind],
+                       series_number=series_number, instance_number=instance_number)
 
 
-def planned_identity(kind: str, source: SourceStudy, result: dict[str, Any], created_at: float,
+def planned_identity(kind: str, source: SourceStudy, result: StudyResult, created_at: float,
                      settings: Settings) -> str:
     """The identity an output will have, without building it; NotApplicable where none is made."""
     if kind in SR_KINDS:
-        return str(planned_document(kind, source, result, created_at, device_uid(settings))["sop_instance_uid"])
+        return planned_document(kind, source, result, created_at, device_uid(settings)).sop_instance_uid
     if kind == "oru":
         from node.outputs.identity import control_id
 
@@ -125,6 +127,12 @@ def planned_identity(kind: str, source: SourceStudy, result: dict[str, Any], cre
             raise NotApplicable("the source study has no PatientID; an ORU^R01 needs PID-3")
         return control_id(source.study_uid, result)
     raise ValueError(f"unknown output kind {kind!r}")
+
+
+def journaled_result(journal: Journal, study_uid: str) -> StudyResult | None:
+    """The study's result as the journal keeps it (JSON), typed for the encoders; None when there is none."""
+    data = journal.get_result(study_uid)
+    return None if data is None else StudyResult.from_json(data)
 
 
 def selected_paths(journal: Journal, data_dir: Path, study_uid: str) -> dict[str, Path]:
@@ -198,38 +206,39 @@ class OutputPreparer:
         suffix = "hl7" if kind == "oru" else "dcm"
         return str((self.dir / f"{kind}-{identity}.{suffix}").relative_to(self.settings.data_dir))
 
-    def plan_study(self, journal: Journal, data_dir: Path, study_uid: str, result: dict[str, Any],
-                   created_at: float) -> list[dict[str, Any]]:
-        """Everything the pipeline needs for a new result, in one call: the outbox rows of ``result``
-        (rendered later, on the delivery threads). A result that changes an earlier, delivered one
-        records what it replaces (node.outputs.amend); the selected images' headers are read once
-        here and kept for rendering (``sources``)."""
+    def plan_study(self, journal: Journal, data_dir: Path, study_uid: str, result: StudyResult,
+                   created_at: float) -> tuple[StudyResult, list[dict[str, Any]]]:
+        """Everything the pipeline needs for a new result, in one call: the result as it is to be
+        journaled and the outbox rows of it (rendered later, on the delivery threads). A result that
+        changes an earlier, delivered one records what it replaces (node.outputs.amend); the
+        selected images' headers are read once here and kept for rendering (``sources``)."""
         if not self.enabled:
-            return []
-        replaces = replaced_outputs(journal.get_result(study_uid), result, study_uid,
+            return result, []
+        replaces = replaced_outputs(journaled_result(journal, study_uid), result, study_uid,
                                     delivered_identities(journal, study_uid))
         if replaces:
-            result["replaces"] = replaces
+            result = replace(result, replaces=replaces)
         source = self.sources.get(journal, data_dir, study_uid)
         if source is None:
             log.warning("study %s: no selected image to reference, no outputs sent", study_ref(study_uid))
-            return []
+            return result, []
         return self.plan(source, result, created_at)
 
-    def plan(self, source: SourceStudy, result: dict[str, Any], created_at: float) -> list[dict[str, Any]]:
-        """Outbox rows (destination, kind, identity, payload path relative to data_dir) for ``result``,
-        journaled at ``created_at``. Each planned SR is recorded in ``result["documents"]`` (UIDs,
-        SOP class, numbers), so a later result of the study can name it as its predecessor."""
+    def plan(self, source: SourceStudy, result: StudyResult,
+             created_at: float) -> tuple[StudyResult, list[dict[str, Any]]]:
+        """``result`` with each planned SR recorded in its ``documents`` (UIDs, SOP class, numbers: a
+        later result of the study names it as its predecessor), and its outbox rows (destination,
+        kind, identity, payload path relative to data_dir), journaled at ``created_at``."""
         rows: list[dict[str, Any]] = []
         identities: dict[str, str | list[str] | None] = {}
-        documents: dict[str, dict[str, Any]] = {}
+        documents: dict[str, DocumentRef] = {}
         for destination, kind in self._wanted():
             if kind not in identities:
                 try:
                     if kind in SR_KINDS:
                         documents[kind] = planned_document(kind, source, result, created_at,
                                                            device_uid(self.settings))
-                        identities[kind] = str(documents[kind]["sop_instance_uid"])
+                        identities[kind] = documents[kind].sop_instance_uid
                     elif kind in IMAGE_KINDS:
                         from node.outputs.gsps import planned_states
                         from node.outputs.heatmap_sc import planned_captures
@@ -247,15 +256,15 @@ class OutputPreparer:
                 rows.append({"destination": destination, "kind": kind, "identity": identity,
                              "payload": self.payload_path(kind, identity)})
         if documents:
-            result["documents"] = documents
-        return rows
+            result = replace(result, documents=documents)
+        return result, rows
 
     def render(self, journal: Journal, study_uid: str, kind: str, identity: str) -> Path:
         """The payload file of an outbox row, built from the journal if it is not on disk yet."""
         path = self.settings.data_dir / self.payload_path(kind, identity)
         if path.exists():
             return path
-        result = journal.get_result(study_uid)
+        result = journaled_result(journal, study_uid)
         created_at = journal.result_created_at(study_uid)
         source = self.sources.get(journal, self.settings.data_dir, study_uid)
         if result is None or created_at is None or source is None:
@@ -269,4 +278,5 @@ class OutputPreparer:
 
 
 __all__ = ["HL7_DESTINATION", "NotApplicable", "OutputPreparer", "OutputSuperseded", "build_output",
-           "planned_document", "planned_identity", "selected_paths", "selected_sources", "SourceCache"]
+           "journaled_result", "planned_document", "planned_identity", "selected_paths", "selected_sources",
+           "SourceCache"]

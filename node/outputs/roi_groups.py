@@ -19,44 +19,46 @@ from highdicom.sr import CodedConcept
 from node.outputs import codes as C
 from node.outputs.source import SourceImage
 from node.outputs.identity import derived_uid
+from node.study_result import StudyResult
 
 CERTAINTY_OF_FINDING = CodedConcept("111012", "DCM", "Certainty of Finding")
 PERCENT = CodedConcept("%", "UCUM", "Percent")
 
 
-def _polyline(box: list[float]) -> np.ndarray:
+def _polyline(box: tuple[float, float, float, float]) -> np.ndarray:
     x0, y0, x1, y1 = (float(v) for v in box)
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
 
 
-def region_groups(study_uid: str, result: dict[str, Any], images: tuple[SourceImage, ...],
+def region_groups(study_uid: str, result: StudyResult, images: tuple[SourceImage, ...],
                   algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """One TID 1410 group per CAD mark of ``result`` whose image is among ``images``."""
     by_position = {i.position: i for i in images}
     groups = []
-    for index, mark in enumerate(result.get("marks") or [], start=1):
-        image = by_position.get(mark["position"])
+    for index, mark in enumerate(result.marks or (), start=1):
+        image = by_position.get(mark.position)
         if image is None:
             continue
         side = image.laterality
-        label = f"CAD mark {index}: {mark['kind']} on {mark['position']}"
+        label = f"CAD mark {index}: {mark.kind} on {mark.position}"
         region = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_polyline(mark["box"]),
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=_polyline(mark.box),
             source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid))
-        score = hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(100.0 * float(mark["score"]), 2),
+        score = hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(100.0 * float(mark.score), 2),
                                   unit=PERCENT, algorithm_id=algorithm)
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid("tracking", study_uid, "mark", str(index), mark["position"], mark["kind"]),
+                uid=derived_uid("tracking", study_uid, "mark", str(index), mark.position, mark.kind),
                 identifier=label[:64]),
-            referenced_region=region, finding_type=C.mark_concept(mark["kind"]),
+            referenced_region=region, finding_type=C.mark_concept(mark.kind),
             finding_sites=[hd.sr.FindingSite(anatomic_location=C.BREAST, laterality=C.side_code(side))],
             algorithm_id=algorithm, measurements=[score]))
     return groups
 
 
 def read_region_groups(sr: hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR | hd.sr.EnhancedSR) -> list[dict[str, Any]]:
-    """The CAD marks of a TID 1500 SR as highdicom reads them: kind, score, box, image UID."""
+    """The CAD marks of a TID 1500 SR as highdicom reads them: kind, score, box, image UID (plain
+    dicts: what a receiver reads, which the tests compare with the result's marks)."""
     out = []
     for group in sr.content.get_planar_roi_measurement_groups():
         finding = group.finding_type

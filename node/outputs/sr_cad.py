@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from copy import deepcopy
 from datetime import date, time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -40,6 +40,7 @@ from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_D
                                  completion, model_label, report_language)
 from node.outputs.source import SourceImage, SourceStudy, stamp
 from node.outputs.identity import derived_uid, document_identity
+from node.study_result import Breast, CadMark, ReportFinding, StudyResult
 from node.views import VIEW_CODES as VIEW_NAMES
 
 KIND = "tid4000"
@@ -140,7 +141,7 @@ def _image(image: SourceImage, rel: Rel, children: Sequence[ContentItem] = ()) -
     return item
 
 
-def _algorithm(versions: dict[str, str], kind: str, rel: Rel) -> list[ContentItem]:
+def _algorithm(versions: Mapping[str, str], kind: str, rel: Rel) -> list[ContentItem]:
     """TID 4019 for one model of the result (the parameter names its role, so a reader can tell the
     classifier from the report generator); the node itself when ``kind`` is NODE_KIND."""
     name, version = (DEVICE_NAME, SOFTWARE_VERSION) if kind == NODE_KIND else model_label(versions, kind)
@@ -148,8 +149,8 @@ def _algorithm(versions: dict[str, str], kind: str, rel: Rel) -> list[ContentIte
             TextContentItem(ALGORITHM_PARAMETERS, f"kind={kind}", rel)]
 
 
-def _model_kinds(result: dict[str, Any]) -> list[str]:
-    models = result.get("models") or {}
+def _model_kinds(result: StudyResult) -> list[str]:
+    models = result.models
     return [k for k in MODEL_KINDS if k in models] + sorted(k for k in models if k not in MODEL_KINDS)
 
 
@@ -200,15 +201,15 @@ def _time(value: str) -> time:
 
 
 # ---------------------------------------------------------------------------- impressions (TID 4001-4007)
-def _finding_words(finding: dict[str, Any]) -> str:
+def _finding_words(finding: ReportFinding) -> str:
     parts = []
-    if finding.get("status") == "UNC":
+    if finding.status == "UNC":
         parts.append("uncertain")
-    for key in ("locations", "descriptors"):
-        names = [_term_name(t) for t in finding.get(key, [])]
+    for terms in (finding.locations, finding.descriptors):
+        names = [_term_name(t) for t in terms]
         if names:
             parts.append(", ".join(names))
-    name = _term_name(finding["kind"])
+    name = _term_name(finding.kind)
     return f"{name} ({'; '.join(parts)})" if parts else name
 
 
@@ -219,37 +220,36 @@ def _term_name(term_id: str) -> str:
         return term_id.replace("_", " ")
 
 
-def _findings_line(side: str, breast: dict[str, Any]) -> str:
+def _findings_line(side: str, breast: Breast) -> str:
     """The breast's findings in words: TID 4006 needs image coordinates we do not have (module doc)."""
-    findings = breast.get("findings") or []
+    findings = breast.findings
     words = "; ".join(_finding_words(f) for f in findings) if findings else _NONE_REPORTED
     return f"{SIDES[side]} breast findings {_FINDINGS_NOTE}: {words}."
 
 
-def _breast_text(side: str, breast: dict[str, Any], result: dict[str, Any]) -> str:
+def _breast_text(side: str, breast: Breast, result: StudyResult) -> str:
     origin = {"report": "from the generated report", "classifier": "from the classifier"}
     head = []
-    if breast.get("birads"):
-        head.append(f"BI-RADS {breast['birads']} ({origin.get(breast.get('birads_source'), 'source unknown')})")
-    if breast.get("density"):
-        meaning = C.density_concept(breast["density"]).meaning
-        head.append(f"density {breast['density']}: {meaning} "
-                    f"({origin.get(breast.get('density_source'), 'source unknown')})")
+    if breast.birads:
+        head.append(f"BI-RADS {breast.birads} ({origin.get(breast.birads_source or '', 'source unknown')})")
+    if breast.density:
+        meaning = C.density_concept(breast.density).meaning
+        head.append(f"density {breast.density}: {meaning} "
+                    f"({origin.get(breast.density_source or '', 'source unknown')})")
     lines = [f"{SIDES[side]} breast: " + (", ".join(head) if head else "no assessment") + "."]
     lines.append(_findings_line(side, breast))
-    classifier = breast.get("classifier") or {}
-    if classifier.get("findings"):
-        listed = ", ".join(f"{f['kind']} {float(f['score']):.2f}" for f in classifier["findings"])
+    if breast.classifier is not None and breast.classifier.findings:
+        listed = ", ".join(f"{f.kind} {float(f.score):.2f}" for f in breast.classifier.findings)
         lines.append(f"Classifier findings with probability >= 0.5 (not localized): {listed}.")
-    for d in result.get("disagreements", []):
-        if d.get("breast") == side:
-            lines.append(f"The report says {d['field']} {d['report']}, the classifier {d['classifier']}.")
+    for d in result.disagreements:
+        if d.breast == side:
+            lines.append(f"The report says {d.field} {d.report}, the classifier {d.classifier}.")
     return "\n".join(lines)
 
 
-def _overall_text(result: dict[str, Any], without_individual: Iterable[str]) -> str:
-    status = result.get("status", "complete")
-    missing = ", ".join(result.get("missing_views") or [])
+def _overall_text(result: StudyResult, without_individual: Iterable[str]) -> str:
+    status = result.status
+    missing = ", ".join(result.missing_views)
     lines = [DISCLAIMER]
     if status != "incomplete":
         lines.append(_attempted(result))
@@ -257,118 +257,112 @@ def _overall_text(result: dict[str, Any], without_individual: Iterable[str]) -> 
         lines.append(f"Not processed: views missing ({missing}); no model ran, so there is no AI result.")
     elif missing:
         lines.append(f"Partial result: views missing ({missing}); processed with the views present.")
-    report = result.get("report") or {}
-    if report.get("findings"):
-        lines.append("Report findings:\n" + report["findings"])
-    if report.get("impression"):
-        lines.append("Report impression:\n" + report["impression"])
-    breasts = result.get("breasts") or {}
+    report = result.report
+    if report is not None and report.findings:
+        lines.append("Report findings:\n" + report.findings)
+    if report is not None and report.impression:
+        lines.append("Report impression:\n" + report.impression)
     for side in without_individual:  # breasts without a composition finding have no TID 4003 of their own
-        lines.append(_breast_text(side, breasts[side], result))
+        lines.append(_breast_text(side, result.breasts[side], result))
     return "\n".join(lines)
 
 
-def _attempted(result: dict[str, Any]) -> str:
+def _attempted(result: StudyResult) -> str:
     """What the CAD attempted: with a lesion map, the marks and their threshold too."""
-    localization = result.get("localization") or {}
-    if not localization.get("attempted"):
+    localization = result.localization
+    if localization is None or not localization.attempted:
         return ATTEMPTED
-    n = len(result.get("marks") or [])
+    n = len(result.marks or ())
     marks = "no CAD mark" if n == 0 else "1 CAD mark" if n == 1 else f"{n} CAD marks"
-    return ATTEMPTED_MARKS.format(marks=marks, threshold=f"{float(localization['mark_threshold']):g}")
+    return ATTEMPTED_MARKS.format(marks=marks, threshold=f"{float(localization.mark_threshold):g}")
 
 
-def _breast_marks(side: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [m for m in result.get("marks") or [] if m["position"].startswith(side + "-")]
-
-
-def _mark_finding(mark: dict[str, Any], image: SourceImage, versions: dict[str, str]) -> CodeContentItem:
+def _mark_finding(mark: CadMark, image: SourceImage, versions: Mapping[str, str]) -> CodeContentItem:
     """TID 4006 for one CAD mark: its kind (CID 6014), rendering intent, the classifier as algorithm,
     its score as Certainty of Finding, and TID 4021: the Center POINT and the Outline (the region's
     closed rectangle) on the source image, in its pixel coordinates."""
     props = Rel.HAS_PROPERTIES
-    x0, y0, x1, y1 = (float(v) for v in mark["box"])
+    x0, y0, x1, y1 = (float(v) for v in mark.box)
     geometry = []
-    for name, kind, data in ((CENTER, "POINT", [mark["center"]]),
+    for name, kind, data in ((CENTER, "POINT", [list(mark.center)]),
                              (OUTLINE, "POLYLINE", [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])):
         item = ScoordContentItem(name, kind, np.asarray(data, dtype=float), relationship_type=props)
         item.ContentSequence = ContentSequence([_image(image, Rel.SELECTED_FROM)])
         geometry.append(item)
     children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD),
                 *_algorithm(versions, "versamammo", props),
-                NumContentItem(CERTAINTY_OF_FINDING, round(100.0 * float(mark["score"]), 2), PERCENT,
+                NumContentItem(CERTAINTY_OF_FINDING, round(100.0 * float(mark.score), 2), PERCENT,
                                relationship_type=props),
                 *geometry]
-    return _code(SINGLE_IMAGE_FINDING, C.mark_concept(mark["kind"]), Rel.CONTAINS, children)
+    return _code(SINGLE_IMAGE_FINDING, C.mark_concept(mark.kind), Rel.CONTAINS, children)
 
 
-def _composition_finding(breast: dict[str, Any], versions: dict[str, str]) -> CodeContentItem:
+def _composition_finding(density: str, source: str | None, versions: Mapping[str, str]) -> CodeContentItem:
     """TID 4006 with value Breast composition: the one Single Image Finding that needs no geometry
     (row 8); TID 4007 carries the ACR category (CID 6000)."""
     props = Rel.HAS_PROPERTIES
     children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD),
-                *_algorithm(versions, _source_kind(breast.get("density_source")) or MODEL_KINDS[0], props),
-                _code(C.BREAST_COMPOSITION, C.density_concept(breast["density"]), props)]
+                *_algorithm(versions, _source_kind(source) or MODEL_KINDS[0], props),
+                _code(C.BREAST_COMPOSITION, C.density_concept(density), props)]
     return _code(SINGLE_IMAGE_FINDING, C.BREAST_COMPOSITION, Rel.CONTAINS, children)
 
 
-def _individual(side: str, breast: dict[str, Any], result: dict[str, Any],
-                source: SourceStudy) -> ContainerContentItem:
+def _individual(side: str, breast: Breast, result: StudyResult, source: SourceStudy) -> ContainerContentItem:
     """TID 4003 for one breast: rendering intent, TID 4002 body, the composition finding, the CAD marks."""
-    versions = result.get("models") or {}
+    versions = result.models
     body: list[ContentItem] = []
-    if breast.get("birads"):
-        body.append(_assessment(side, breast["birads"], Rel.CONTAINS))
+    if breast.birads:
+        body.append(_assessment(side, breast.birads, Rel.CONTAINS))
     body.append(TextContentItem(IMPRESSION_DESCRIPTION, _breast_text(side, breast, result), Rel.CONTAINS))
-    probabilities = (breast.get("classifier") or {}).get("birads_probabilities") or {}
-    if breast.get("birads_source") == "classifier" and breast.get("birads") in probabilities:
-        certainty = round(100.0 * float(probabilities[breast["birads"]]), 2)
+    probabilities = breast.classifier.birads_probabilities if breast.classifier is not None else {}
+    if breast.birads_source == "classifier" and breast.birads is not None and breast.birads in probabilities:
+        certainty = round(100.0 * float(probabilities[breast.birads]), 2)
         body.append(NumContentItem(CERTAINTY_OF_IMPRESSION, certainty, PERCENT, relationship_type=Rel.CONTAINS))
-    used = {_source_kind(breast.get("birads_source")), _source_kind(breast.get("density_source"))}
+    used = {_source_kind(breast.birads_source), _source_kind(breast.density_source)}
     kinds = [k for k in _model_kinds(result) if k in used]
     for kind in kinds or _model_kinds(result):
         body += _algorithm(versions, kind, Rel.CONTAINS)
     children = [_code(RENDERING_INTENT, PRESENTATION_REQUIRED, Rel.HAS_CONCEPT_MOD), *body]
-    if breast.get("density"):
-        children.append(_composition_finding(breast, versions))
+    if breast.density:
+        children.append(_composition_finding(breast.density, breast.density_source, versions))
     images = {i.position: i for i in source.images}
-    children += [_mark_finding(m, images[m["position"]], versions) for m in _breast_marks(side, result)
-                 if m["position"] in images]
+    children += [_mark_finding(m, images[m.position], versions) for m in result.marks_of_breast(side)
+                 if m.position in images]
     return _container(INDIVIDUAL_IMPRESSION, Rel.INFERRED_FROM, children, continuous=True)
 
 
-def _cad_summary(result: dict[str, Any], source: SourceStudy) -> CodeContentItem:
+def _cad_summary(result: StudyResult, source: SourceStudy) -> CodeContentItem:
     """TID 4001: the processing summary, the overall TID 4002 body (both breasts' BI-RADS, the
     report text and disclaimer, the algorithms) and one TID 4003 per breast with a composition."""
-    breasts = result.get("breasts") or {}
+    breasts = result.breasts
     kinds = _model_kinds(result)
     individual = [side for side in SIDES if side in breasts
-                  and (breasts[side].get("density") or _breast_marks(side, result))]
-    body: list[ContentItem] = [_assessment(side, breasts[side]["birads"], Rel.HAS_PROPERTIES)
-                               for side in SIDES if breasts.get(side, {}).get("birads")]
+                  and (breasts[side].density or result.marks_of_breast(side))]
+    body: list[ContentItem] = [_assessment(side, birads, Rel.HAS_PROPERTIES)
+                               for side in SIDES if side in breasts and (birads := breasts[side].birads)]
     body.append(TextContentItem(IMPRESSION_DESCRIPTION,
                                 _overall_text(result, [s for s in SIDES if s in breasts and s not in individual]),
                                 Rel.HAS_PROPERTIES))
     for kind in kinds or [NODE_KIND]:
-        body += _algorithm(result.get("models") or {}, kind, Rel.HAS_PROPERTIES)
+        body += _algorithm(result.models, kind, Rel.HAS_PROPERTIES)
     children = body + [_individual(side, breasts[side], result, source) for side in individual]
     # CID 6047 "with findings" makes a workstation look for CAD marks (Single Image Findings and
     # Composite Features with a location): said only when a mark is encoded; what was and was not
     # attempted is said in the overall Impression Description.
-    value = (WITH_FINDINGS if result.get("marks") else WITHOUT_FINDINGS) if kinds else NONE_SUCCEEDED
+    value = (WITH_FINDINGS if result.marks else WITHOUT_FINDINGS) if kinds else NONE_SUCCEEDED
     return _code(CAD_SUMMARY, value, Rel.CONTAINS, children)
 
 
 # ---------------------------------------------------------------------------- summaries (TID 4015-4018)
-def _performed(name: CodedConcept, value: CodedConcept, kind: str, result: dict[str, Any],
+def _performed(name: CodedConcept, value: CodedConcept, kind: str, result: StudyResult,
                source: SourceStudy) -> CodeContentItem:
     """TID 4017/4018: what one model did, on which images (by value, row 3)."""
     props = Rel.HAS_PROPERTIES
-    children = [*_algorithm(result.get("models") or {}, kind, props), *(_image(i, props) for i in source.images)]
+    children = [*_algorithm(result.models, kind, props), *(_image(i, props) for i in source.images)]
     return _code(name, value, Rel.CONTAINS, children)
 
 
-def _summaries(result: dict[str, Any], source: SourceStudy) -> list[CodeContentItem]:
+def _summaries(result: StudyResult, source: SourceStudy) -> list[CodeContentItem]:
     """Summary of Detections / Analyses: every model that ran detected breast composition (CID 6014)
     and made the per-breast impressions (CID 6043); nothing is attempted when no model ran."""
     kinds = _model_kinds(result)
@@ -376,7 +370,7 @@ def _summaries(result: dict[str, Any], source: SourceStudy) -> list[CodeContentI
         return [_code(SUMMARY_OF_DETECTIONS, NOT_ATTEMPTED, Rel.CONTAINS),
                 _code(SUMMARY_OF_ANALYSES, NOT_ATTEMPTED, Rel.CONTAINS)]
     performed = [_performed(DETECTION_PERFORMED, C.BREAST_COMPOSITION, k, result, source) for k in kinds]
-    if (result.get("localization") or {}).get("attempted") and "versamammo" in kinds:  # the lesion map
+    if result.localization_attempted and "versamammo" in kinds:  # the lesion map
         performed += [_performed(DETECTION_PERFORMED, C.mark_concept(kind), "versamammo", result, source)
                       for kind in C.MARK_TERMS]
     detections = _container(SUCCESSFUL_DETECTIONS, Rel.INFERRED_FROM, performed)
@@ -386,7 +380,7 @@ def _summaries(result: dict[str, Any], source: SourceStudy) -> list[CodeContentI
             _code(SUMMARY_OF_ANALYSES, SUCCEEDED, Rel.CONTAINS, [analyses])]
 
 
-def _content_root(source: SourceStudy, result: dict[str, Any]) -> ContainerContentItem:
+def _content_root(source: SourceStudy, result: StudyResult) -> ContainerContentItem:
     library = _container(IMAGE_LIBRARY, Rel.CONTAINS, [_library_entry(i) for i in source.images])
     tag, meaning = report_language(result)
     language = hd.sr.LanguageOfContentItemAndDescendants(CodedConcept(tag, "RFC5646", meaning))
@@ -423,7 +417,7 @@ def _procedure_codes(source: SourceStudy) -> list[Dataset]:
     return [item]
 
 
-def _author(source: SourceStudy, result: dict[str, Any], device_uid: str) -> Dataset:
+def _author(source: SourceStudy, result: StudyResult, device_uid: str) -> Dataset:
     """The device observer of the whole document (SR Document General, Author Observer Sequence):
     TID 4000 has no observation-context rows, so who made it is said in the header."""
     item = Dataset()
@@ -431,7 +425,7 @@ def _author(source: SourceStudy, result: dict[str, Any], device_uid: str) -> Dat
     item.DeviceUID = device_uid
     item.StationName = DEVICE_NAME
     item.Manufacturer = MANUFACTURER
-    labels = [" ".join(model_label(result.get("models") or {}, k)) for k in _model_kinds(result)]
+    labels = [" ".join(model_label(result.models, k)) for k in _model_kinds(result)]
     item.ManufacturerModelName = ("; ".join([DEVICE_NAME, *labels]))[:64]
     # Type 2 (Identified Person or Device Macro): the site that sent the study, empty when unknown.
     item.InstitutionName = source.get("InstitutionName") or ""
@@ -449,7 +443,7 @@ def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
     return meta
 
 
-def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float,
+def build_mammography_cad_sr(source: SourceStudy, result: StudyResult, *, created_at: float,
                              device_uid: str | None = None) -> Dataset:
     """The Mammography CAD SR for ``result`` (module doc; docs/sr-tid4000.md), ready for
     ``save_as(..., enforce_file_format=True)`` and C-STORE. ``created_at`` (the result's journal
@@ -476,7 +470,7 @@ def build_mammography_cad_sr(source: SourceStudy, result: dict[str, Any], *, cre
     # General Equipment: the node and the model versions it ran.
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = DEVICE_NAME
-    ds.SoftwareVersions = [SOFTWARE_VERSION] + [(result.get("models") or {})[k][:64] for k in _model_kinds(result)]
+    ds.SoftwareVersions = [SOFTWARE_VERSION] + [result.models[k][:64] for k in _model_kinds(result)]
     # SR Document General.
     ds.InstanceNumber = instance_number
     ds.CompletionFlag, description = completion(result)
@@ -596,7 +590,8 @@ def _read_algorithms(items: Iterable[Dataset], models: dict[str, str]) -> None:
 def read_mammography_cad_sr(ds: Dataset) -> dict[str, Any]:
     """What a receiver reads back from our Mammography CAD SR, by walking the content tree (highdicom
     cannot read this SOP class): per breast BI-RADS, density and finding ids, the images with their
-    positions, the model versions; the round-trip tests compare it with the result."""
+    positions, the model versions; the round-trip tests compare it with the result's JSON, so it
+    is plain dicts in that shape."""
     if str(ds.get("SOPClassUID", "")) != SOP_CLASS_UID or _code_of(ds)[0] != REPORT.value:
         raise ValueError("not a Mammography CAD SR (TID 4000)")
     images: list[dict[str, str]] = []

@@ -24,7 +24,7 @@ the same bytes and anything that changes the bytes changes the SOP Instance UID.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import highdicom as hd
 from highdicom.sr import (CodeContentItem, CodedConcept, ContainerContentItem, ContentSequence, RelationshipTypeValues,
@@ -41,6 +41,7 @@ from node.outputs.common import (DEVICE_NAME, DISCLAIMER, MANUFACTURER, SERIES_D
 from node.outputs.roi_groups import read_region_groups, region_groups
 from node.outputs.source import SourceImage, SourceStudy, stamp
 from node.outputs.identity import derived_uid, document_identity
+from node.study_result import Breast, ReportFinding, StudyResult
 
 KIND = "tid1500"
 COMPREHENSIVE_SR = TID1500_SOP_CLASSES["comprehensive"]
@@ -67,7 +68,7 @@ def _as_code(code: Any) -> Dataset:
     return ds
 
 
-def _finding_sites(side: str, locations: list[str]) -> list[hd.sr.FindingSite]:
+def _finding_sites(side: str, locations: Sequence[str]) -> list[hd.sr.FindingSite]:
     """TID 1501 Finding Site for one finding: the part of the breast (a quadrant, the central or
     subareolar region, ...; the breast when the report names none) with its laterality, and each
     clock position, depth or direction as a topographical modifier. The template gives one modifier
@@ -89,7 +90,7 @@ def _finding_sites(side: str, locations: list[str]) -> list[hd.sr.FindingSite]:
     return sites + [hd.sr.FindingSite(other, laterality) for other in structures[1:]]
 
 
-def _finding_group(study_uid: str, side: str, index: int, finding: dict[str, Any],
+def _finding_group(study_uid: str, side: str, index: int, finding: ReportFinding,
                    algorithm: hd.sr.AlgorithmIdentification,
                    sources: list[hd.sr.SourceImageForMeasurementGroup] | None = None,
                    ) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
@@ -97,24 +98,24 @@ def _finding_group(study_uid: str, side: str, index: int, finding: dict[str, Any
     (row 3b, once), where it is (finding sites), the breast's images it was read from (IHE AIR's
     image references), and its descriptors and certainty as qualitative evaluations. None for a
     finding kind without a code (it stays in the report text)."""
-    concept = C.term_concept(finding["kind"])
+    concept = C.term_concept(finding.kind)
     if concept is None:
         return None
     evaluations = []
-    for term_id in finding.get("descriptors", []):
+    for term_id in finding.descriptors:
         term, value = lexicon.get(term_id), C.term_concept(term_id)
         if value is not None:
             name = C.DESCRIPTOR_NAMES.get(term.group, C.OTHER_DESCRIPTOR)
             evaluations.append(hd.sr.QualitativeEvaluation(name, value))
-    if finding.get("status") == "UNC":
+    if finding.status == "UNC":
         evaluations.append(hd.sr.QualitativeEvaluation(C.CERTAINTY_OF_FINDING, C.POSSIBLE))
-    label = f"{_SIDE_NAMES[side]} finding {index}: {_term_name(finding['kind'])}"
+    label = f"{_SIDE_NAMES[side]} finding {index}: {_term_name(finding.kind)}"
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid("tracking", study_uid, side, "finding", str(index), finding["kind"]),
+            uid=derived_uid("tracking", study_uid, side, "finding", str(index), finding.kind),
             identifier=label[:64]),
         finding_type=concept,
-        finding_sites=_finding_sites(side, list(finding.get("locations", []))),
+        finding_sites=_finding_sites(side, finding.locations),
         algorithm_id=algorithm,
         qualitative_evaluations=evaluations or None,
         source_images=sources or None,
@@ -128,7 +129,7 @@ def _term_name(term_id: str) -> str:
         return term_id.replace("_", " ")
 
 
-def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
+def _breast_group(study_uid: str, side: str, breast: Breast,
                   algorithm: hd.sr.AlgorithmIdentification,
                   classifier_algorithm: hd.sr.AlgorithmIdentification,
                   sources: list[hd.sr.SourceImageForMeasurementGroup] | None = None,
@@ -137,13 +138,12 @@ def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
     classifier's probability mass on BI-RADS 4 and 5 under our own concept (it is not a
     probability of cancer), with the breast's images as its source (IHE AIR's image references)."""
     evaluations = []
-    if breast.get("birads"):
-        evaluations.append(hd.sr.QualitativeEvaluation(C.ASSESSMENT_CATEGORY, C.birads_concept(breast["birads"])))
-    if breast.get("density"):
-        evaluations.append(hd.sr.QualitativeEvaluation(C.BREAST_COMPOSITION, C.density_concept(breast["density"])))
+    if breast.birads:
+        evaluations.append(hd.sr.QualitativeEvaluation(C.ASSESSMENT_CATEGORY, C.birads_concept(breast.birads)))
+    if breast.density:
+        evaluations.append(hd.sr.QualitativeEvaluation(C.BREAST_COMPOSITION, C.density_concept(breast.density)))
     measurements = []
-    classifier = breast.get("classifier") or {}
-    probs = classifier.get("birads_probabilities") or {}
+    probs = breast.classifier.birads_probabilities if breast.classifier is not None else {}
     if probs:
         suspicious = sum(float(probs.get(k, 0.0)) for k in ("4", "5"))
         measurements.append(hd.sr.Measurement(name=C.SUSPICIOUS_BIRADS_PROBABILITY, value=round(suspicious, 4),
@@ -160,12 +160,12 @@ def _breast_group(study_uid: str, side: str, breast: dict[str, Any],
     )
 
 
-def _groups(study_uid: str, result: dict[str, Any],
+def _groups(study_uid: str, result: StudyResult,
             images: tuple[SourceImage, ...] = ()) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """Per breast: its assessment group, then one group per finding (from the report: MammoRG),
     each naming the algorithm (TID 4019: name, version, manufacturer: the models are trained and
     packaged by this project) and the breast's ``images`` it was read from."""
-    versions = result.get("models", {})
+    versions = result.models
     vm_name, vm_version = model_label(versions, "versamammo")
     rg_name, rg_version = model_label(versions, "mammorg")
     both = hd.sr.AlgorithmIdentification(name=f"{vm_name}+{rg_name}"[:64], version=f"{vm_version}+{rg_version}"[:64],
@@ -174,13 +174,13 @@ def _groups(study_uid: str, result: dict[str, Any],
     generator = hd.sr.AlgorithmIdentification(name=rg_name[:64], version=rg_version[:64], manufacturer=MANUFACTURER)
     groups = []
     for side in ("R", "L"):
-        breast = (result.get("breasts") or {}).get(side)
+        breast = result.breasts.get(side)
         if breast is None:
             continue
         sources = [hd.sr.SourceImageForMeasurementGroup(i.sop_class_uid, i.sop_instance_uid)
                    for i in images if i.laterality == side]
         groups.append(_breast_group(study_uid, side, breast, both, classifier, sources))
-        for index, finding in enumerate(breast.get("findings", []), start=1):
+        for index, finding in enumerate(breast.findings, start=1):
             group = _finding_group(study_uid, side, index, finding, generator, sources)
             if group is not None:
                 groups.append(group)
@@ -233,20 +233,20 @@ def _describe_library_images(root: Dataset, source: SourceStudy) -> None:
                             RelationshipTypeValues.HAS_ACQ_CONTEXT)])
 
 
-def _text_container(result: dict[str, Any]) -> ContainerContentItem:
-    report = result.get("report") or {}
+def _text_container(result: StudyResult) -> ContainerContentItem:
+    report = result.report
     items = []
-    if report.get("findings"):
-        items.append(TextContentItem(C.FINDINGS_TEXT, report["findings"], RelationshipTypeValues.CONTAINS))
-    if report.get("impression"):
-        items.append(TextContentItem(C.IMPRESSION_TEXT, report["impression"], RelationshipTypeValues.CONTAINS))
-    if result.get("missing_views"):
-        missing = ", ".join(result["missing_views"])
+    if report is not None and report.findings:
+        items.append(TextContentItem(C.FINDINGS_TEXT, report.findings, RelationshipTypeValues.CONTAINS))
+    if report is not None and report.impression:
+        items.append(TextContentItem(C.IMPRESSION_TEXT, report.impression, RelationshipTypeValues.CONTAINS))
+    if result.missing_views:
+        missing = ", ".join(result.missing_views)
         items.append(TextContentItem(C.COMMENT, f"Views missing ({missing}): result from the views present.",
                                      RelationshipTypeValues.CONTAINS))
-    for d in result.get("disagreements", []):
-        items.append(TextContentItem(C.COMMENT, f"{_SIDE_NAMES[d['breast']].capitalize()}: report {d['field']} "
-                                     f"{d['report']} differs from classifier {d['classifier']}.",
+    for d in result.disagreements:
+        items.append(TextContentItem(C.COMMENT, f"{_SIDE_NAMES[d.breast].capitalize()}: report {d.field} "
+                                     f"{d.report} differs from classifier {d.classifier}.",
                                      RelationshipTypeValues.CONTAINS))
     items.append(TextContentItem(C.COMMENT, DISCLAIMER, RelationshipTypeValues.CONTAINS))
     container = ContainerContentItem(C.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS)
@@ -254,7 +254,7 @@ def _text_container(result: dict[str, Any]) -> ContainerContentItem:
     return container
 
 
-def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at: float,
+def build_tid1500_sr(source: SourceStudy, result: StudyResult, *, created_at: float,
                      device_uid: str | None = None, sop_class: str = "comprehensive3d",
                      ) -> hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR | hd.sr.EnhancedSR:
     """The TID 1500 SR for ``result`` (see the module docstring), in ``sop_class``: Comprehensive 3D
@@ -264,13 +264,13 @@ def build_tid1500_sr(source: SourceStudy, result: dict[str, Any], *, created_at:
     Device Observer UID (node.outputs.common; builds outside a node get a fixed one). Raises
     NotApplicable for a result without any model output (an incomplete study under
     ``incomplete_policy = "report"``)."""
-    if result.get("status") == "incomplete" or not result.get("breasts"):
+    if not result.has_model_output:
         raise NotApplicable("no model ran (views missing): the HL7 result says so, no SR is made")
     device_uid = device_uid or derived_uid("device", DEVICE_NAME)
     kind, sop_class_uid = TID1500_KINDS[sop_class], TID1500_SOP_CLASSES[sop_class]
     identity = document_identity(source, result, kind, created_at, device_uid=device_uid, extra=[sop_class_uid])
     series_number, instance_number = document_numbers(result, kind, identity.series_instance_uid)
-    versions = result.get("models", {})
+    versions = result.models
     vm_name, vm_version = model_label(versions, "versamammo")
     rg_name, rg_version = model_label(versions, "mammorg")
     models_text = f"{vm_name} {vm_version}; {rg_name} {rg_version}"
@@ -333,13 +333,13 @@ def _local_scheme() -> Dataset:
     return item
 
 
-def _fits(charset: Any, result: dict[str, Any]) -> bool:
+def _fits(charset: Any, result: StudyResult) -> bool:
     """Whether the report text can be written in the character set copied from the source images."""
     names = [charset] if isinstance(charset, str) else list(charset or [])
     if any(n == "ISO_IR 192" for n in names):
         return True
     encoding = "latin-1" if any(n == "ISO_IR 100" for n in names) else "ascii"
-    text = " ".join(str(v) for v in (result.get("report") or {}).values() if v)
+    text = " ".join(result.report.texts()) if result.report is not None else ""
     try:
         text.encode(encoding)
     except UnicodeEncodeError:
@@ -384,7 +384,8 @@ def _read_finding(group: hd.sr.MeasurementsAndQualitativeEvaluations, kind: str)
 def read_tid1500_sr(ds: Dataset) -> dict[str, Any]:
     """What a receiver reads back from our SR, through highdicom's public TID 1500 reader only (its
     properties warn where the SR breaks the template): per breast BI-RADS, density and findings,
-    the model versions and the report text; the round-trip tests compare it with the result."""
+    the model versions and the report text; the round-trip tests compare it with the result's
+    JSON, so it is plain dicts in the JSON's shape."""
     if isinstance(ds, (hd.sr.ComprehensiveSR, hd.sr.Comprehensive3DSR, hd.sr.EnhancedSR)):
         sr = ds
     else:

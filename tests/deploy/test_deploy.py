@@ -81,6 +81,7 @@ def test_lab_ris_listener_acknowledges_an_oru(tmp_path: Path) -> None:
     from node.outputs.hl7 import build_oru
     from node.outputs.identity import control_id
     from node.outputs.mllp import MLLPClient
+    from node.study_result import StudyResult
     from tests.node.outputs_helpers import phantom_case
 
     port = free_port()
@@ -93,9 +94,10 @@ def test_lab_ris_listener_acknowledges_an_oru(tmp_path: Path) -> None:
 
         write_phantom_studies(tmp_path / "ph", 1, seed=3, options=PhantomOptions(size="small"))
         source, result = phantom_case(next(p for p in (tmp_path / "ph").iterdir() if p.is_dir()))
-        message = build_oru(source, result, HL7Output(host="127.0.0.1", port=port), created_at=time.time())
+        message = build_oru(source, StudyResult.from_json(result), HL7Output(host="127.0.0.1", port=port),
+                            created_at=time.time())
         ack = wait_for(lambda: _send(MLLPClient("127.0.0.1", port, 2, 5), message), timeout=10, interval=0.2)
-        assert ack.outcome(control_id(source.study_uid, result)) == "accepted"
+        assert ack.outcome(control_id(source.study_uid, StudyResult.from_json(result))) == "accepted"
         assert out.read_text().startswith("MSH|")
     finally:
         proc.terminate()

@@ -28,14 +28,15 @@ def _probs(n: int, hot: int, high: float = 0.7) -> np.ndarray:
 
 def sample_result(report_text: str, *, birads: tuple[int, int] = (2, 1), density: int = 1,
                   finding_hot: int | None = 4, missing: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A result as node.results.build_result makes it (``birads``: classifier class per breast R, L)."""
+    """A result as node.results.build_result makes it (``birads``: classifier class per breast R, L), in
+    its JSON form (StudyResult.to_json), which the tests edit by hand before converting it back."""
     breasts = {}
     for side, b in zip(("R", "L"), birads):
         findings = np.full(len(FINDING_CLASSES), 0.1)
         if finding_hot is not None and side == "R":
             findings[finding_hot] = 0.8
         breasts[side] = {"birads": _probs(6, b), "density": _probs(4, density), "findings": findings}
-    result = build_result(report_text, parse_report(report_text), breasts, LABELS, VERSIONS, missing)
+    result = build_result(report_text, parse_report(report_text), breasts, LABELS, VERSIONS, missing).to_json()
     result["seconds"] = 1.234
     return result
 

@@ -18,6 +18,7 @@ from node.outputs.prepare import planned_document
 from node.outputs.identity import derived_uid, output_identity
 from node.outputs.sr_cad import build_mammography_cad_sr
 from node.outputs.sr_tid1500 import build_tid1500_sr
+from node.study_result import StudyResult
 from tests.node.outputs_helpers import phantom_case
 from tests.tools import require_tool
 
@@ -31,37 +32,48 @@ def _result(version: str, status: str = "complete") -> dict:
             "breasts": {"R": {"birads": "1"}, "L": {"birads": "2"}}, "report": {"text": version}}
 
 
+def _json(links: dict) -> dict:
+    """``replaced_outputs``'s links as the result's JSON keeps them (``result["replaces"]``)."""
+    return {kind: link.to_json() for kind, link in links.items()}
+
+
 def _delivered(*results: dict, kinds=("tid1500", "tid4000", "oru")) -> set[tuple[str, str]]:
     out = set()
     for r in results:
         for kind in kinds:
-            out.add((kind, control_id(UID, r) if kind == "oru" else output_identity(UID, r, kind).sop_instance_uid))
+            typed = StudyResult.from_json(r)
+            out.add((kind, control_id(UID, typed) if kind == "oru"
+                     else output_identity(UID, typed, kind).sop_instance_uid))
     return out
 
 
 def test_first_result_replaces_nothing() -> None:
-    assert replaced_outputs(None, _result("1"), UID, set()) == {}
+    assert _json(replaced_outputs(None, StudyResult.from_json(_result("1")), UID, set())) == {}
 
 
 def test_a_changed_result_names_each_delivered_output_it_replaces() -> None:
     v1, v2 = _result("1"), _result("2")
-    links = replaced_outputs(v1, v2, UID, _delivered(v1, kinds=("tid1500", "oru")))
+    links = _json(replaced_outputs(StudyResult.from_json(v1), StudyResult.from_json(v2), UID,
+                                   _delivered(v1, kinds=("tid1500", "oru"))))
     assert set(links) == {"tid1500", "oru"}  # the CAD SR of v1 never reached anyone
-    ident = output_identity(UID, v1, "tid1500")
+    ident = output_identity(UID, StudyResult.from_json(v1), "tid1500")
     # v1 was journaled without planned documents (as before issue 18.10): named by the result alone
     assert links["tid1500"] == {"study_uid": UID, "series_uid": ident.series_instance_uid,
                                 "sop_instance_uid": ident.sop_instance_uid,
                                 "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.33",
                                 "series_number": 9501, "instance_number": 1}
-    assert links["oru"] == {"control_id": control_id(UID, v1), "filler_order_number": filler_order_number(UID, v1)}
+    assert links["oru"] == {"control_id": control_id(UID, StudyResult.from_json(v1)),
+                            "filler_order_number": filler_order_number(UID, StudyResult.from_json(v1))}
 
 
 def test_undelivered_results_pass_on_the_link_to_what_was_delivered() -> None:
     v1, v2, v3 = _result("1"), _result("2"), _result("3")
-    v2["replaces"] = replaced_outputs(v1, v2, UID, _delivered(v1))
-    links = replaced_outputs(v2, v3, UID, _delivered(v1))  # v2 never went out (receivers down)
-    assert links["oru"]["control_id"] == control_id(UID, v1)
-    assert links["tid4000"]["sop_instance_uid"] == output_identity(UID, v1, "tid4000").sop_instance_uid
+    v2["replaces"] = _json(replaced_outputs(StudyResult.from_json(v1), StudyResult.from_json(v2), UID, _delivered(v1)))
+    links = _json(replaced_outputs(StudyResult.from_json(v2), StudyResult.from_json(v3), UID,
+                                   _delivered(v1)))  # v2 never went out (receivers down)
+    assert links["oru"]["control_id"] == control_id(UID, StudyResult.from_json(v1))
+    assert links["tid4000"]["sop_instance_uid"] == output_identity(UID, StudyResult.from_json(v1),
+                                                                   "tid4000").sop_instance_uid
 
 
 def test_an_identical_result_keeps_its_oru_link_and_its_srs_replace_the_delivered_ones() -> None:
@@ -69,13 +81,14 @@ def test_an_identical_result_keeps_its_oru_link_and_its_srs_replace_the_delivere
     Its SRs are new documents (their creation time is in their UIDs, issue 18.10): they name the
     delivered SRs of the earlier processing as predecessors."""
     v1, v2 = _result("1"), _result("2")
-    v2["replaces"] = replaced_outputs(v1, v2, UID, _delivered(v1))
+    v2["replaces"] = _json(replaced_outputs(StudyResult.from_json(v1), StudyResult.from_json(v2), UID, _delivered(v1)))
     again = {k: v for k, v in v2.items() if k != "replaces"}
-    assert replaced_outputs(v2, again, UID, _delivered(v1, v2))["oru"] == v2["replaces"]["oru"]
-    links = replaced_outputs(v1, dict(v1), UID, _delivered(v1))
+    assert _json(replaced_outputs(StudyResult.from_json(v2), StudyResult.from_json(again), UID,
+                                  _delivered(v1, v2)))["oru"] == v2["replaces"]["oru"]
+    links = _json(replaced_outputs(StudyResult.from_json(v1), StudyResult.from_json(dict(v1)), UID, _delivered(v1)))
     assert "oru" not in links
     assert {k: links[k]["sop_instance_uid"] for k in ("tid1500", "tid4000")} == {
-        k: output_identity(UID, v1, k).sop_instance_uid for k in ("tid1500", "tid4000")}
+        k: output_identity(UID, StudyResult.from_json(v1), k).sop_instance_uid for k in ("tid1500", "tid4000")}
 
 
 def test_planned_documents_are_what_a_later_result_links_to_with_the_next_numbers() -> None:
@@ -89,11 +102,12 @@ def test_planned_documents_are_what_a_later_result_links_to_with_the_next_number
                                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.50", "series_number": 9502,
                                    "instance_number": 1}}
     v2 = _result("1")
-    v2["replaces"] = replaced_outputs(v1, v2, UID, {("tid4000", "2.25.8")})
+    v2["replaces"] = _json(replaced_outputs(StudyResult.from_json(v1), StudyResult.from_json(v2), UID,
+                                            {("tid4000", "2.25.8")}))
     assert v2["replaces"]["tid4000"] == v1["documents"]["tid4000"]
-    assert document_numbers(v2, "tid4000", "2.25.7") == (9502, 2)
-    assert document_numbers(v2, "tid4000", "2.25.99") == (9512, 2)
-    assert document_numbers(v1, "tid4000", "2.25.7") == (9502, 1)
+    assert document_numbers(StudyResult.from_json(v2), "tid4000", "2.25.7") == (9502, 2)
+    assert document_numbers(StudyResult.from_json(v2), "tid4000", "2.25.99") == (9512, 2)
+    assert document_numbers(StudyResult.from_json(v1), "tid4000", "2.25.7") == (9502, 1)
 
 
 def _amended_case(phantom_dir: Path):
@@ -101,10 +115,13 @@ def _amended_case(phantom_dir: Path):
     study = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
     source, result = phantom_case(study)
     before = dict(result, models={**result["models"], "versamammo": "versamammo-test@0.9.0"})
-    before["documents"] = {k: planned_document(k, source, before, CREATED, DEVICE) for k in ("tid1500", "tid4000")}
+    before["documents"] = {k: planned_document(k, source, StudyResult.from_json(before), CREATED, DEVICE).to_json()
+                           for k in ("tid1500", "tid4000")}
     delivered = {(k, d["sop_instance_uid"]) for k, d in before["documents"].items()}
-    delivered.add(("oru", control_id(source.study_uid, before)))
-    return source, before, dict(result, replaces=replaced_outputs(before, result, source.study_uid, delivered))
+    delivered.add(("oru", control_id(source.study_uid, StudyResult.from_json(before))))
+    return source, before, dict(result, replaces=_json(replaced_outputs(StudyResult.from_json(before),
+                                                                        StudyResult.from_json(result),
+                                                                        source.study_uid, delivered)))
 
 
 @pytest.mark.parametrize("kind", ["tid1500", "tid4000"])
@@ -112,7 +129,8 @@ def test_sr_of_a_replacing_result_has_its_predecessor_and_stays_valid(phantom_di
                                                                       kind: str) -> None:
     source, before, after = _amended_case(phantom_dir)
     build = build_tid1500_sr if kind == "tid1500" else build_mammography_cad_sr
-    old, new = build(source, before, created_at=CREATED), build(source, after, created_at=CREATED + 60)
+    old, new = (build(source, StudyResult.from_json(before), created_at=CREATED),
+                build(source, StudyResult.from_json(after), created_at=CREATED + 60))
     assert old.SOPInstanceUID == before["documents"][kind]["sop_instance_uid"]  # planned = built
     assert (new.InstanceNumber, new.SeriesNumber) == (2, old.SeriesNumber + 10)  # a revision, other models
     [study] = new.PredecessorDocumentsSequence
@@ -133,8 +151,8 @@ def test_oru_of_a_replacing_result_is_preliminary_again_with_the_same_filler_ord
     source, before, after = _amended_case(phantom_dir)
     for mode in ("ai_result", "exam_order"):
         settings = HL7Output(host="127.0.0.1", port=2575, order_mode=mode)
-        first = build_oru(source, before, settings, created_at=CREATED)
-        second = build_oru(source, after, settings, created_at=CREATED + 60)
+        first = build_oru(source, StudyResult.from_json(before), settings, created_at=CREATED)
+        second = build_oru(source, StudyResult.from_json(after), settings, created_at=CREATED + 60)
         validate_oru(second)
         old, new = parse_oru(first), parse_oru(second)
         assert old["result_status"] == new["result_status"] == "P"
@@ -151,12 +169,14 @@ def test_a_replacing_result_with_other_models_keeps_the_filler_order_number(phan
     source, result = phantom_case(sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0])
     incomplete = {"status": "incomplete", "missing_views": ["L-CC"], "breasts": {}, "disagreements": [],
                   "report": None, "models": {}, "preliminary": True}
-    assert filler_order_number(source.study_uid, incomplete) != filler_order_number(source.study_uid, result)
-    after = dict(result, replaces=replaced_outputs(incomplete, result, source.study_uid,
-                                                   {("oru", control_id(source.study_uid, incomplete))}))
+    assert filler_order_number(source.study_uid, StudyResult.from_json(incomplete)) != filler_order_number(
+        source.study_uid, StudyResult.from_json(result))
+    after = dict(result, replaces=_json(replaced_outputs(
+        StudyResult.from_json(incomplete), StudyResult.from_json(result), source.study_uid,
+        {("oru", control_id(source.study_uid, StudyResult.from_json(incomplete)))})))
     settings = HL7Output(host="127.0.0.1", port=2575)
-    first = parse_oru(build_oru(source, incomplete, settings, created_at=CREATED))
-    second = parse_oru(build_oru(source, after, settings, created_at=CREATED + 60))
+    first = parse_oru(build_oru(source, StudyResult.from_json(incomplete), settings, created_at=CREATED))
+    second = parse_oru(build_oru(source, StudyResult.from_json(after), settings, created_at=CREATED + 60))
     assert second["filler_order"] == first["filler_order"] and second["replaces"] == first["control_id"]
     assert second["result_status"] == "P" and second["status"] == "complete"
 

@@ -13,6 +13,7 @@ import pytest
 from node.outputs.common import NotApplicable
 from node.outputs.heatmap_sc import (HEADER, SOP_CLASS_UID, build_secondary_capture, heat_on_source,
                                      planned_captures, read_secondary_capture)
+from node.study_result import LesionMap, StudyResult
 from tests.node.marks_helpers import lesion_boxes, oracle_marks
 from tests.node.outputs_helpers import phantom_case
 from tests.tools import require_tool
@@ -29,11 +30,12 @@ def test_a_capture_per_image_labelled_derived_valid_and_hot_on_the_lesion(phanto
     study = _lesion_study(phantom_dir)
     source, result = phantom_case(study)
     result.update(oracle_marks(study))
-    planned = planned_captures(source, result, CREATED, DEVICE)
+    planned = planned_captures(source, StudyResult.from_json(result), CREATED, DEVICE)
     assert [p for p, _ in planned] == [i.position for i in source.images] and len({u for _, u in planned}) == 4
     boxes = lesion_boxes(study)
     for position, uid in planned:
-        ds = build_secondary_capture(source, result, created_at=CREATED, device_uid=DEVICE, identity=uid)
+        ds = build_secondary_capture(source, StudyResult.from_json(result), created_at=CREATED, device_uid=DEVICE,
+                                     identity=uid)
         path = tmp_path / f"{position}.dcm"
         ds.save_as(path, enforce_file_format=True)
         proc = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
@@ -55,29 +57,31 @@ def test_a_capture_per_image_labelled_derived_valid_and_hot_on_the_lesion(phanto
         corner = back.pixel_array[:20, :200]
         assert (corner == 0).all(axis=-1).mean() > 0.3 and (corner == 255).all(axis=-1).any()
         # hot where the lesion is, cold elsewhere (the map back on the source geometry)
-        heat = heat_on_source(result["lesion_maps"][position], (rows, cols), 1.0)
+        heat = heat_on_source(LesionMap.from_json(result["lesion_maps"][position]), (rows, cols), 1.0)
         if position in boxes:
             for x0, y0, x1, y1 in boxes[position]:
                 cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
                 assert heat[cy, cx] > 0.3 and heat[cy, cx] >= 0.5 * heat.max(), position
         else:
             assert heat.max() == 0.0
-        again = build_secondary_capture(source, result, created_at=CREATED, device_uid=DEVICE, identity=uid)
+        again = build_secondary_capture(source, StudyResult.from_json(result), created_at=CREATED, device_uid=DEVICE,
+                                        identity=uid)
         again.save_as(tmp_path / "again.dcm", enforce_file_format=True)
         assert (tmp_path / "again.dcm").read_bytes() == path.read_bytes()
     assert HEADER == "AI HEATMAP - DERIVED - NOT FOR DIAGNOSIS"
     with pytest.raises(LookupError):
         other = dict(result, marks=result["marks"][:-1])
-        build_secondary_capture(source, other, created_at=CREATED, device_uid=DEVICE, identity=planned[0][1])
+        build_secondary_capture(source, StudyResult.from_json(other), created_at=CREATED, device_uid=DEVICE,
+                                identity=planned[0][1])
 
 
 def test_no_capture_without_a_lesion_map(phantom_dir: Path) -> None:
     source, result = phantom_case(_lesion_study(phantom_dir))
     with pytest.raises(NotApplicable):
-        planned_captures(source, result, CREATED, DEVICE)
+        planned_captures(source, StudyResult.from_json(result), CREATED, DEVICE)
     result.update(localization={"attempted": False, "why": "the VersaMammo package has no lesion map"})
     with pytest.raises(NotApplicable):
-        planned_captures(source, result, CREATED, DEVICE)
+        planned_captures(source, StudyResult.from_json(result), CREATED, DEVICE)
 
 
 def test_heat_follows_a_mirrored_geometry() -> None:
@@ -86,5 +90,6 @@ def test_heat_follows_a_mirrored_geometry() -> None:
     prob[1, 0] = 1.0
     geometry = {"crop_x0": 0.0, "crop_y0": 0.0, "crop_w": 40.0, "flipped": True, "scale_x": 1.0,
                 "scale_y": 1.0, "offset_x": 0.0, "offset_y": 0.0, "inner_w": 40.0}
-    heat = heat_on_source({"map": prob.tolist(), "geometry": geometry, "model_size": [40, 40]}, (40, 40), 1.0)
+    heat = heat_on_source(LesionMap.from_json({"map": prob.tolist(), "geometry": geometry, "model_size": [40, 40]}),
+                          (40, 40), 1.0)
     assert heat[15, 35] > 0.8 and heat[15, 5] == 0.0 and heat[35, 35] == 0.0

@@ -21,6 +21,7 @@ from node.outputs.hl7 import build_oru, escape, parse_oru, unescape, validate_or
 from node.outputs.identity import control_id, filler_order_number
 from node.outputs.mllp import MAX_ACK_BYTES, Ack, MLLPClient, MLLPError, message_charset
 from node.outputs.source import SourceStudy
+from node.study_result import StudyResult
 from tests.node.conftest import free_port
 from tests.node.outputs_helpers import phantom_case, phantom_source, sample_result
 
@@ -80,14 +81,14 @@ def incomplete_result(missing: list[str]) -> dict[str, Any]:
 def test_phantom_orus_pass_strict_validation(phantom_dir: Path, tmp_path: Path) -> None:
     for study in study_dirs(phantom_dir):
         source, result = phantom_case(study)
-        message = build_oru(source, result, SETTINGS, created_at=CREATED)
+        message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
         assert message.endswith("\r") and "\n" not in message
         parsed = strict(message, tmp_path)
         msh = parsed.msh
         assert msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
         assert msh.msh_12.to_er7() == "2.5.1" and msh.msh_11.to_er7() == "P"
         assert msh.msh_7.to_er7() == "20240601120000+0000"
-        assert msh.msh_10.to_er7() == control_id(source.study_uid, result)
+        assert msh.msh_10.to_er7() == control_id(source.study_uid, StudyResult.from_json(result))
         assert [msh.msh_3.to_er7(), msh.msh_4.to_er7(), msh.msh_5.to_er7(), msh.msh_6.to_er7()] == [
             "MAMMO_NODE", "RADIOLOGY", "RIS", "HOSPITAL"]
         header = source.header
@@ -97,7 +98,7 @@ def test_phantom_orus_pass_strict_validation(phantom_dir: Path, tmp_path: Path) 
         assert pid[7] == header.PatientBirthDate and pid[8] == header.PatientSex
         orc, obr = segments(message, "ORC")[0], segments(message, "OBR")[0]
         # A distinct AI result: its own service and filler order number, the exam's accession in OBR-18.
-        filler = f"{filler_order_number(source.study_uid, result)}^MAMMO_NODE"
+        filler = f"{filler_order_number(source.study_uid, StudyResult.from_json(result))}^MAMMO_NODE"
         assert orc[1] == "RE" and orc[2] == "" and orc[3] == filler
         assert obr[2] == "" and obr[3] == filler and header.AccessionNumber not in filler
         assert obr[4] == "AIMAMMO^AI mammography analysis^99MAMMO" and obr[18] == header.AccessionNumber
@@ -131,7 +132,7 @@ def test_findings_are_grouped_per_breast_with_sites_and_descriptors(phantom_dir:
         {"kind": "mass", "status": "UNC", "locations": ["uoq"], "descriptors": []},
         {"kind": "architectural_distortion", "status": "POS", "locations": [], "descriptors": []},
     ]
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     validate_oru(message)
     left = obx_by_code(message, "FINDING-L")
     assert [f[4] for f in left] == ["2.1", "2.2"]
@@ -149,7 +150,7 @@ def test_findings_are_grouped_per_breast_with_sites_and_descriptors(phantom_dir:
 def test_incomplete_result_is_a_valid_oru_saying_no_ai_result(phantom_dir: Path, tmp_path: Path) -> None:
     source = phantom_source(study_dirs(phantom_dir)[0], ("R-CC", "L-MLO"))
     result = incomplete_result(["R-MLO", "L-CC"])
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     assert [f[5] for f in obx_by_code(message, "AI-STATUS")] == ["incomplete^No AI result: views missing^99MAMMO"]
     assert [(f[4], f[5]) for f in obx_by_code(message, "MISSING-VIEW")] == [("1", "R-MLO"), ("2", "L-CC")]
@@ -167,7 +168,7 @@ def test_partial_result_is_valid_and_says_which_views_were_missing(phantom_dir: 
     source = phantom_source(study, ("R-CC", "R-MLO", "L-CC"))
     result = sample_result((study / "report.txt").read_text(), missing=("L-MLO",))
     assert result["status"] == "partial"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     assert obx_by_code(message, "AI-STATUS")[0][5].startswith("partial^")
     assert [f[5] for f in obx_by_code(message, "MISSING-VIEW")] == ["L-MLO"]
@@ -182,7 +183,7 @@ def test_special_characters_are_escaped_in_names_and_report_text(phantom_dir: Pa
     result = copy.deepcopy(result)
     tricky = "Pipe | caret ^ tilde ~ backslash \\ amp & end"
     result["report"]["text"] = "FINDINGS:\n" + tricky + "\n\tindented\x0bline\r\nlast \\E\\ literal\n"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     parsed = strict(message, tmp_path)
 
     pid = segments(message, "PID")[0]
@@ -192,7 +193,7 @@ def test_special_characters_are_escaped_in_names_and_report_text(phantom_dir: Pa
     patient = parsed.ORU_R01_PATIENT_RESULT.ORU_R01_PATIENT.PID
     assert patient.pid_5.xpn_1.to_er7() == "O\\F\\Brien\\T\\Co"  # one family-name field, one component
     assert patient.pid_5.xpn_2.to_er7() == "Ann\\R\\Marie"
-    exam = build_oru(source, result, EXAM_ORDER, created_at=CREATED)
+    exam = build_oru(source, StudyResult.from_json(result), EXAM_ORDER, created_at=CREATED)
     assert segments(exam, "OBR")[0][4] == "MGSCREEN^MG \\R\\ SCREEN \\F\\ BILAT^99MAMMO"
 
     lines = obx_by_code(message, "18782-3")
@@ -207,13 +208,13 @@ def test_special_characters_are_escaped_in_names_and_report_text(phantom_dir: Pa
 
 def test_non_ascii_text_declares_utf8(phantom_dir: Path, tmp_path: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
-    plain = build_oru(source, result, SETTINGS, created_at=CREATED)
+    plain = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     assert plain.split("\r")[0].split("|")[-1] == "2.5.1"  # pure ASCII: MSH-18 empty (HL7 default)
     assert message_charset(plain) == "ascii"
     source = with_header(source, PatientName="Müller^Zoë")
     result = copy.deepcopy(result)
     result["report"]["text"] = "右乳外上象限见钙化。\nBI-RADS 2"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     assert message.split("\r")[0].split("|")[17] == "UNICODE UTF-8"
     assert message_charset(message) == "utf-8"
@@ -225,10 +226,10 @@ def test_procedure_code_sequence_fills_obr4(phantom_dir: Path) -> None:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "MAMSCR", "99HOSP", "Screening mammo"
     coded = with_header(source, ProcedureCodeSequence=[item])
-    message = build_oru(coded, result, EXAM_ORDER, created_at=CREATED)
+    message = build_oru(coded, StudyResult.from_json(result), EXAM_ORDER, created_at=CREATED)
     assert segments(message, "OBR")[0][4] == "MAMSCR^Screening mammo^99HOSP"
     # An AI result names the AI service, never the exam's procedure.
-    message = build_oru(coded, result, SETTINGS, created_at=CREATED)
+    message = build_oru(coded, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     assert segments(message, "OBR")[0][4] == "AIMAMMO^AI mammography analysis^99MAMMO"
 
 
@@ -236,26 +237,26 @@ def test_missing_or_odd_demographics(phantom_dir: Path, tmp_path: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     odd = with_header(source, PatientName="", PatientSex="X", PatientBirthDate="", AccessionNumber="",
                       StudyDescription=None)
-    message = build_oru(odd, result, SETTINGS, created_at=CREATED)
+    message = build_oru(odd, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     pid = segments(message, "PID")[0]
     assert pid[5] == "^^^^^^U" and pid[7] == "" and pid[8] == "U"
     assert segments(message, "OBR")[0][18] == ""
     assert parse_oru(message)["accession"] == ""
-    exam = build_oru(odd, result, EXAM_ORDER, created_at=CREATED)
+    exam = build_oru(odd, StudyResult.from_json(result), EXAM_ORDER, created_at=CREATED)
     strict(exam, tmp_path)
     assert segments(exam, "OBR")[0][4] == "MGSCREEN^Screening mammography, bilateral^99MAMMO"
     other = EXAM_ORDER.model_copy(update={"exam_service_id": "MGDIAG^Diagnostic mammography^99HOSP"})
-    assert segments(build_oru(odd, result, other, created_at=CREATED), "OBR")[0][4] == (
+    assert segments(build_oru(odd, StudyResult.from_json(result), other, created_at=CREATED), "OBR")[0][4] == (
         "MGDIAG^Diagnostic mammography^99HOSP")
     with pytest.raises(NotApplicable, match="no PatientID") as excinfo:
-        build_oru(with_header(source, PatientID=""), result, SETTINGS, created_at=CREATED)
+        build_oru(with_header(source, PatientID=""), StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     assert source.header.PatientName.family_name not in str(excinfo.value)
 
 
 def test_validate_oru_rejects_a_broken_message_without_quoting_values(phantom_dir: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     patient_id = source.header.PatientID
     with pytest.raises(ValueError, match="STRICT validation: ValidationError at PID_3"):
         validate_oru(message.replace(f"PID|1||{patient_id}^^^^MR|", "PID|1|||", 1))
@@ -272,43 +273,44 @@ def test_validate_oru_rejects_a_broken_message_without_quoting_values(phantom_di
 
 def test_same_result_gives_identical_message_and_changed_result_a_new_control_id(phantom_dir: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
-    first = build_oru(source, result, SETTINGS, created_at=CREATED)
-    again = build_oru(source, copy.deepcopy(result), SETTINGS, created_at=CREATED)
+    first = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
+    again = build_oru(source, StudyResult.from_json(copy.deepcopy(result)), SETTINGS, created_at=CREATED)
     assert first == again
-    cid = control_id(source.study_uid, result)
+    cid = control_id(source.study_uid, StudyResult.from_json(result))
     assert len(cid) <= 20 and cid.startswith("MN") and cid.isalnum()
     assert parse_oru(first)["control_id"] == cid
 
     changed = copy.deepcopy(result)
     changed["breasts"]["R"]["birads"] = "3"
-    assert control_id(source.study_uid, changed) != cid
-    assert parse_oru(build_oru(source, changed, SETTINGS, created_at=CREATED))["control_id"] != cid
+    assert control_id(source.study_uid, StudyResult.from_json(changed)) != cid
+    assert parse_oru(build_oru(source, StudyResult.from_json(changed), SETTINGS,
+                               created_at=CREATED))["control_id"] != cid
     reworded = copy.deepcopy(result)
     reworded["report"]["text"] += "Addendum.\n"
-    assert control_id(source.study_uid, reworded) != cid
+    assert control_id(source.study_uid, StudyResult.from_json(reworded)) != cid
     other_models = copy.deepcopy(result)
     other_models["models"]["versamammo"] = "versamammo-demo@1.1.0"
-    assert control_id(source.study_uid, other_models) != cid
-    assert control_id("1.2.3.4", result) != cid
+    assert control_id(source.study_uid, StudyResult.from_json(other_models)) != cid
+    assert control_id("1.2.3.4", StudyResult.from_json(result)) != cid
     # Incomplete results differ only by their missing views: still different messages.
-    assert control_id(source.study_uid, incomplete_result(["R-CC"])) != control_id(
-        source.study_uid, incomplete_result(["L-CC"]))
+    assert control_id(source.study_uid, StudyResult.from_json(incomplete_result(["R-CC"]))) != control_id(
+        source.study_uid, StudyResult.from_json(incomplete_result(["L-CC"])))
     # A later resend of the same result keeps its control ID (only MSH-7/ORC-9/OBR-22 move).
-    later = build_oru(source, result, SETTINGS, created_at=CREATED + 3600)
+    later = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED + 3600)
     assert parse_oru(later)["control_id"] == cid and later != first
 
 
 def test_round_trip_matches_the_result_per_breast(phantom_dir: Path) -> None:
     for study in study_dirs(phantom_dir):
         source, result = phantom_case(study)
-        back = parse_oru(build_oru(source, result, SETTINGS, created_at=CREATED))
+        back = parse_oru(build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED))
         expected = {side: {"birads": b["birads"], "density": b["density"],
                            "findings": [f["kind"] for f in b["findings"]]} for side, b in result["breasts"].items()}
         assert back["breasts"] == expected
         assert back["report_text"] == "\n".join(result["report"]["text"].splitlines())
         assert back["patient_id"] == source.header.PatientID
         assert back["accession"] == source.header.AccessionNumber
-        assert back["control_id"] == control_id(source.study_uid, result)
+        assert back["control_id"] == control_id(source.study_uid, StudyResult.from_json(result))
         assert back["models"] == result["models"] and back["status"] == "complete"
 
 
@@ -318,7 +320,7 @@ def test_birads_categories_use_snomed_codes(phantom_dir: Path, category: str, co
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     result = copy.deepcopy(result)
     result["breasts"]["L"]["birads"] = category
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     value = obx_by_code(message, "BIRADS-L")[0][5].split("^")
     assert (value[0], value[2]) == (code, "SCT") and value[1].startswith(f"BI-RADS {category}:")
     assert parse_oru(message)["breasts"]["L"]["birads"] == category
@@ -329,7 +331,7 @@ def test_birads_subcategories_use_local_codes(phantom_dir: Path, tmp_path: Path,
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     result = copy.deepcopy(result)
     result["breasts"]["R"]["birads"] = category
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     assert obx_by_code(message, "BIRADS-R")[0][5] == f"birads_{category.lower()}^BI-RADS {category}^99MAMMO"
     assert parse_oru(message)["breasts"]["R"]["birads"] == category
@@ -341,7 +343,7 @@ def test_disagreements_and_classifier_sources_are_flagged(phantom_dir: Path, tmp
     result = sample_result((study / "report.txt").read_text(), birads=(4, 1))
     assert result["disagreements"], "the phantom report and the classifier must disagree here"
     result["breasts"]["L"]["density_source"] = "classifier"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     flags = obx_by_code(message, "DISAGREE-R")
     item = next(d for d in result["disagreements"] if d["breast"] == "R")
@@ -358,10 +360,10 @@ def test_ai_result_is_its_own_order_linked_to_the_exam_order(phantom_dir: Path, 
     accession = source.header.AccessionNumber
     ordered = with_header(source, PlacerOrderNumberImagingServiceRequest="PL-77",
                           FillerOrderNumberImagingServiceRequest="FI^88")
-    message = build_oru(ordered, result, SETTINGS, created_at=CREATED)
+    message = build_oru(ordered, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     orc, obr = segments(message, "ORC")[0], segments(message, "OBR")[0]
-    filler = filler_order_number(source.study_uid, result)
+    filler = filler_order_number(source.study_uid, StudyResult.from_json(result))
     assert filler.startswith("AI") and len(filler) == 18 and accession not in message.split("OBR|")[0]
     assert orc[2] == obr[2] == "" and orc[3] == obr[3] == f"{filler}^MAMMO_NODE"
     assert obr[4] == "AIMAMMO^AI mammography analysis^99MAMMO" and obr[18] == accession
@@ -374,38 +376,40 @@ def test_ai_result_is_its_own_order_linked_to_the_exam_order(phantom_dir: Path, 
     item = Dataset()
     item.FillerOrderNumberImagingServiceRequest = "FI-9"
     requested = with_header(source, RequestAttributesSequence=[item])
-    message = build_oru(requested, result, SETTINGS, created_at=CREATED)
+    message = build_oru(requested, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     assert segments(message, "OBR")[0][29] == "^FI-9"
     # Without any exam order number there is no parent link: the RIS matches OBR-18.
-    plain = segments(build_oru(source, result, SETTINGS, created_at=CREATED), "OBR")[0]
+    plain = segments(build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED), "OBR")[0]
     assert len(plain) == 26 and plain[18] == accession
     # A site's own code for the AI service.
     own = SETTINGS.model_copy(update={"service_id": "AI-MG^KI Mammographie^99HOSP"})
-    assert segments(build_oru(source, result, own, created_at=CREATED), "OBR")[0][4] == "AI-MG^KI Mammographie^99HOSP"
+    assert segments(build_oru(source, StudyResult.from_json(result), own, created_at=CREATED),
+                    "OBR")[0][4] == "AI-MG^KI Mammographie^99HOSP"
 
 
 def test_filler_order_number_is_stable_per_study_and_model_set(phantom_dir: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
-    filler = filler_order_number(source.study_uid, result)
+    filler = filler_order_number(source.study_uid, StudyResult.from_json(result))
     upgraded = copy.deepcopy(result)
     upgraded["models"]["versamammo"] = "versamammo-demo@2.0.0"
     upgraded["breasts"]["R"]["birads"] = "3"
-    assert filler_order_number(source.study_uid, upgraded) == filler  # same models, new versions
-    assert control_id(source.study_uid, upgraded) != control_id(source.study_uid, result)
-    assert filler_order_number("1.2.3.4", result) != filler
+    assert filler_order_number(source.study_uid, StudyResult.from_json(upgraded)) == filler  # same models, new versions
+    assert control_id(source.study_uid, StudyResult.from_json(upgraded)) != control_id(
+        source.study_uid, StudyResult.from_json(result))
+    assert filler_order_number("1.2.3.4", StudyResult.from_json(result)) != filler
     fewer = copy.deepcopy(result)
     del fewer["models"]["mammorg"]
-    assert filler_order_number(source.study_uid, fewer) != filler
+    assert filler_order_number(source.study_uid, StudyResult.from_json(fewer)) != filler
     # A result replacing an earlier one keeps that one's number, whatever its own models.
     fewer["replaces"] = {"oru": {"control_id": "MN1", "filler_order_number": filler}}
-    assert filler_order_number(source.study_uid, fewer) == filler
+    assert filler_order_number(source.study_uid, StudyResult.from_json(fewer)) == filler
 
 
 def test_exam_order_mode_keeps_the_old_shape(phantom_dir: Path, tmp_path: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     header = source.header
-    message = build_oru(source, result, EXAM_ORDER, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), EXAM_ORDER, created_at=CREATED)
     strict(message, tmp_path)
     orc, obr = segments(message, "ORC")[0], segments(message, "OBR")[0]
     assert orc[2] == orc[3] == obr[2] == obr[3] == obr[18] == header.AccessionNumber
@@ -419,7 +423,7 @@ def test_report_lines_are_coded_by_section(phantom_dir: Path, tmp_path: Path) ->
     result = copy.deepcopy(result)
     result["report"]["text"] = ("FINDINGS:\nScattered fibroglandular densities.\n\nIMPRESSION:\nBI-RADS 2.\n"
                                 "Recommend routine screening in 1 year.\nRECOMMENDATION:\nAnnual follow-up.")
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     strict(message, tmp_path)
     coded = [(f[3].split("^")[0], f[5]) for f in segments(message, "OBX") if f[2] == "TX"]
     assert coded == [("18782-3", "FINDINGS:"), ("18782-3", "Scattered fibroglandular densities."), ("18782-3", ""),
@@ -434,11 +438,11 @@ def test_report_lines_are_coded_by_section(phantom_dir: Path, tmp_path: Path) ->
     assert back["sections"]["recommendation"][0] == "Recommend routine screening in 1 year."
     # Chinese headings, and a report with no heading at all (all findings).
     result["report"]["text"] = "【影像所见】\n双乳未见异常。\n【诊断意见】\nBI-RADS 1\n建议：定期复查。"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     assert [f[3].split("^")[0] for f in segments(message, "OBX") if f[2] == "TX"] == [
         "18782-3", "18782-3", "19005-8", "19005-8", "18783-1"]
     result["report"]["text"] = "No abnormality.\nBI-RADS 1"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     assert {f[3].split("^")[0] for f in segments(message, "OBX") if f[2] == "TX"} == {"18782-3"}
 
 
@@ -446,7 +450,7 @@ def test_report_lines_are_coded_by_section(phantom_dir: Path, tmp_path: Path) ->
 def test_msh11_processing_id_from_config(phantom_dir: Path, tmp_path: Path, processing_id: str) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     settings = SETTINGS.model_copy(update={"processing_id": processing_id})
-    message = build_oru(source, result, settings, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), settings, created_at=CREATED)
     strict(message, tmp_path)
     assert message.split("|")[10] == processing_id and parse_oru(message)["processing_id"] == processing_id
 
@@ -462,7 +466,7 @@ def test_pid3_has_issuer_type_and_the_other_patient_ids(phantom_dir: Path, tmp_p
             item.IssuerOfPatientID = issuer
         others.append(item)
     merged = with_header(source, IssuerOfPatientID="HOSP1", OtherPatientIDsSequence=others)
-    message = build_oru(merged, result, SETTINGS, created_at=CREATED)
+    message = build_oru(merged, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     parsed = strict(message, tmp_path)
     patient_id = source.header.PatientID
     assert segments(message, "PID")[0][3] == f"{patient_id}^^^HOSP1^MR~H2-555^^^HOSP2^MR~X\\R\\9^^^^MR"
@@ -527,7 +531,8 @@ def ris() -> Iterator[Callable[..., tuple[MLLPClient, list[str]]]]:
 @pytest.fixture
 def oru(phantom_dir: Path) -> tuple[str, str]:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
-    return build_oru(source, result, SETTINGS, created_at=CREATED), control_id(source.study_uid, result)
+    typed = StudyResult.from_json(result)
+    return build_oru(source, typed, SETTINGS, created_at=CREATED), control_id(source.study_uid, typed)
 
 
 @pytest.mark.parametrize("code, outcome", [("AA", "accepted"), ("CA", "accepted"), ("AE", "retry"),
@@ -574,9 +579,9 @@ def test_mllp_sends_utf8_when_msh18_says_so(ris, phantom_dir: Path) -> None:
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     result = copy.deepcopy(result)
     result["report"]["text"] = "左乳未见异常。\n"
-    message = build_oru(source, result, SETTINGS, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), SETTINGS, created_at=CREATED)
     client, received = ris("AA")
-    assert client.send(message).outcome(control_id(source.study_uid, result)) == "accepted"
+    assert client.send(message).outcome(control_id(source.study_uid, StudyResult.from_json(result))) == "accepted"
     assert "左乳未见异常。" in received[0]
 
 
@@ -778,7 +783,7 @@ def test_every_timestamp_is_in_one_zone_with_its_offset(phantom_dir: Path, tmp_p
     node_zone(zone)
     source, result = phantom_case(study_dirs(phantom_dir)[0])
     settings = SETTINGS.model_copy(update={"timezone": setting})
-    message = build_oru(source, result, settings, created_at=CREATED)
+    message = build_oru(source, StudyResult.from_json(result), settings, created_at=CREATED)
     strict(message, tmp_path)
     [msh], [orc], [obr] = segments(message, "MSH"), segments(message, "ORC"), segments(message, "OBR")
     stamps = {msh[6], orc[9], obr[22]} | {f[19] for f in segments(message, "OBX")}
@@ -790,11 +795,14 @@ def test_every_timestamp_is_in_one_zone_with_its_offset(phantom_dir: Path, tmp_p
     zone_info = ZoneInfo(zone if setting == "local" else "Etc/GMT-1" if setting == "+0100" else setting)
     study_offset = datetime.strptime(study_time, "%Y%m%d%H%M%S").replace(tzinfo=zone_info).strftime("%z")
     assert obr[7] == study_time + study_offset  # that date's offset (daylight saving time or not)
-    assert build_oru(source, result, settings, created_at=CREATED) == message  # a resend is identical
+    assert build_oru(source, StudyResult.from_json(result), settings,
+                     created_at=CREATED) == message  # a resend is identical
     # the images' own offset wins for the study's time; a date without a time has no offset
-    offset = build_oru(with_header(source, TimezoneOffsetFromUTC="-0300"), result, settings, created_at=CREATED)
+    offset = build_oru(with_header(source, TimezoneOffsetFromUTC="-0300"), StudyResult.from_json(result), settings,
+                       created_at=CREATED)
     assert segments(offset, "OBR")[0][7].endswith("-0300") and segments(offset, "MSH")[0][6] == stamp
-    dateless = build_oru(with_header(source, StudyTime=None), result, settings, created_at=CREATED)
+    dateless = build_oru(with_header(source, StudyTime=None), StudyResult.from_json(result), settings,
+                         created_at=CREATED)
     assert segments(dateless, "OBR")[0][7] == header.StudyDate
     strict(offset, tmp_path)
 

@@ -16,6 +16,7 @@ from node.journal import Journal
 from node.outbox import OutboxQueue, backoff_delay
 from node.outputs.dicom_send import send_files
 from node.outputs.sr_tid1500 import build_tid1500_sr
+from node.study_result import StudyResult
 from tests.node.conftest import free_port
 from tests.node.outputs_helpers import phantom_case
 
@@ -105,7 +106,7 @@ def test_store_statuses_decide_retry_or_dead_letter(scripted_scp, phantom_dir: P
     study = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
     source, result = phantom_case(study)
     path = tmp_path / "sr.dcm"
-    build_tid1500_sr(source, result, created_at=1.0).save_as(path, enforce_file_format=True)
+    build_tid1500_sr(source, StudyResult.from_json(result), created_at=1.0).save_as(path, enforce_file_format=True)
     dest = DicomDestination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port, timeout=5)
     statuses.extend([0xA700, 0xC000])
     assert [d.outcome for d in send_files(dest, "MAMMO_NODE", [path])] == ["retry"]      # out of resources

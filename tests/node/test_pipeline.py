@@ -141,13 +141,14 @@ def _probs(birads_class: int, density_class: int) -> dict:
 
 
 def test_report_values_are_preferred_and_disagreements_flagged():
-    result = build_result("text", _parsed("C", "4B"), {"R": _probs(4, 1), "L": _probs(1, 2)}, LABELS, {"x": "y@1"})
+    result = build_result("text", _parsed("C", "4B"), {"R": _probs(4, 1), "L": _probs(1, 2)}, LABELS,
+                          {"x": "y@1"}).to_json()
     right = result["breasts"]["R"]
     assert (right["density"], right["density_source"], right["birads"]) == ("C", "report", "4B")
     assert result["disagreements"] == [{"breast": "R", "field": "density", "report": "C", "classifier": "B"}]
     assert result["breasts"]["L"]["density"] == "C" and result["breasts"]["L"]["density_source"] == "classifier"
     assert right["classifier"]["findings"] == [{"kind": "Mass", "score": 0.7}]
-    flagged = build_result("t", _parsed("B", "1"), {"R": _probs(5, 1), "L": _probs(1, 2)}, LABELS, {})
+    flagged = build_result("t", _parsed("B", "1"), {"R": _probs(5, 1), "L": _probs(1, 2)}, LABELS, {}).to_json()
     assert [d["field"] for d in flagged["disagreements"]] == ["birads"]
 
 
@@ -156,17 +157,17 @@ def test_the_chosen_source_is_reported_per_field_and_disagreements_stay_flagged(
 
     probs = {"R": _probs(4, 1), "L": _probs(1, 2)}
     result = build_result("text", _parsed("C", "4B"), probs, LABELS, {}, sources={"density": "classifier",
-                                                                                "birads": "report"})
+                                                                                "birads": "report"}).to_json()
     right = result["breasts"]["R"]
     assert (right["density"], right["density_source"]) == ("B", "classifier")
     assert (right["birads"], right["birads_source"]) == ("4B", "report")
     assert right["report"] == {"density": "C", "birads": "4B"}           # the report's own values are kept
     assert result["disagreements"] == [{"breast": "R", "field": "density", "report": "C", "classifier": "B"}]
     both = build_result("t", _parsed("C", "4B"), probs, LABELS, {}, sources={"density": "classifier",
-                                                                           "birads": "classifier"})
+                                                                           "birads": "classifier"}).to_json()
     assert (both["breasts"]["R"]["birads"], both["breasts"]["R"]["birads_source"]) == ("4", "classifier")
     # no classifier output for a breast: the report's value, whatever the choice
-    alone = build_result("t", _parsed("C", "2"), {}, LABELS, {}, sources={"density": "classifier"})
+    alone = build_result("t", _parsed("C", "2"), {}, LABELS, {}, sources={"density": "classifier"}).to_json()
     assert (alone["breasts"]["R"]["density"], alone["breasts"]["R"]["density_source"]) == ("C", "report")
     # configured value, else the package's measured choice, else the report
     assert reporting_sources({"density": "package", "birads": "package"}, None) == {"density": "report",

@@ -10,6 +10,7 @@ import pydicom
 
 from bench.render_gsps import _lab_to_rgb, main
 from node.outputs.gsps import LAYER_COLOR, build_presentation_state, planned_states
+from node.study_result import StudyResult
 from tests.node.marks_helpers import lesion_boxes, oracle_marks
 from tests.node.outputs_helpers import phantom_case
 
@@ -24,8 +25,9 @@ def test_the_rendered_state_draws_the_mark_on_the_lesion(phantom_dir: Path, tmp_
     result.update(oracle_marks(study))
     boxes = lesion_boxes(study)
     color = np.array(_lab_to_rgb(LAYER_COLOR.value))
-    for position, uid in planned_states(source, result, 1_764_000_000.0, "2.25.1"):
-        state = build_presentation_state(source, result, created_at=1_764_000_000.0, device_uid="2.25.1", identity=uid)
+    for position, uid in planned_states(source, StudyResult.from_json(result), 1_764_000_000.0, "2.25.1"):
+        state = build_presentation_state(source, StudyResult.from_json(result), created_at=1_764_000_000.0,
+                                         device_uid="2.25.1", identity=uid)
         state.save_as(tmp_path / "state.dcm", enforce_file_format=True)
         out = tmp_path / f"{position}.png"
         assert main([str(study / f"{position}.dcm"), str(tmp_path / "state.dcm"), str(out), "--max-side", "4096"]) == 0

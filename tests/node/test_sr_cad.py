@@ -10,6 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from node.outputs.sr_cad import SOP_CLASS_UID, build_mammography_cad_sr, read_mammography_cad_sr
+from node.study_result import StudyResult
 from tests.node.outputs_helpers import phantom_case, phantom_source, sample_result
 from tests.tools import require_tool
 
@@ -67,7 +68,7 @@ def _values(ds: Dataset, concept: str) -> list[str]:
 def test_every_phantom_study_gives_a_valid_sr_that_reads_back(phantom_dir: Path, tmp_path: Path) -> None:
     for study_dir in _studies(phantom_dir):
         source, result = phantom_case(study_dir)
-        path = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path)
+        path = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
         _assert_valid(path)
         back = read_mammography_cad_sr(pydicom.dcmread(path))
         assert back["breasts"] == _expected(result)
@@ -80,7 +81,7 @@ def test_every_phantom_study_gives_a_valid_sr_that_reads_back(phantom_dir: Path,
 
 def test_sr_is_in_the_source_study_with_evidence_unverified_and_the_disclaimer(phantom_dir: Path) -> None:
     source, result = phantom_case(_studies(phantom_dir)[0])
-    ds = build_mammography_cad_sr(source, result, created_at=CREATED)
+    ds = build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED)
     assert ds.SOPClassUID == SOP_CLASS_UID and ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert ds.StudyInstanceUID == source.study_uid and ds.Modality == "SR"
     assert ds.SeriesInstanceUID not in {i.series_instance_uid for i in source.images}
@@ -102,12 +103,13 @@ def test_sr_is_in_the_source_study_with_evidence_unverified_and_the_disclaimer(p
 
 def test_resend_is_byte_identical_and_new_models_make_a_new_instance(phantom_dir: Path, tmp_path: Path) -> None:
     source, result = phantom_case(_studies(phantom_dir)[0])
-    first = build_mammography_cad_sr(source, result, created_at=CREATED)
+    first = build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED)
     a = _save(first, tmp_path, "a.dcm").read_bytes()
-    b = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path, "b.dcm").read_bytes()
+    b = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path,
+              "b.dcm").read_bytes()
     assert a == b
     result2 = dict(result, models={**result["models"], "versamammo": "versamammo-demo@1.1.0"})
-    second = build_mammography_cad_sr(source, result2, created_at=CREATED)
+    second = build_mammography_cad_sr(source, StudyResult.from_json(result2), created_at=CREATED)
     assert second.SOPInstanceUID != first.SOPInstanceUID
     assert second.SeriesInstanceUID != first.SeriesInstanceUID
     assert second.StudyInstanceUID == first.StudyInstanceUID
@@ -116,7 +118,7 @@ def test_resend_is_byte_identical_and_new_models_make_a_new_instance(phantom_dir
 def test_birads_4b_mass_and_uncertain_finding(phantom_dir: Path, tmp_path: Path) -> None:
     result = sample_result(SUSPICIOUS_REPORT, birads=(3, 4), density=2)
     source = phantom_source(_studies(phantom_dir)[0])
-    path = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     _assert_valid(path)
     ds = pydicom.dcmread(path)
     back = read_mammography_cad_sr(ds)
@@ -133,7 +135,7 @@ def test_partial_result_lists_the_views_present(phantom_dir: Path, tmp_path: Pat
     study = _studies(phantom_dir)[1]
     source = phantom_source(study, ("R-CC", "R-MLO", "L-CC"))
     result = sample_result((study / "report.txt").read_text(), missing=("L-MLO",))
-    path = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     _assert_valid(path)
     ds = pydicom.dcmread(path)
     assert ds.CompletionFlag == "PARTIAL" and "L-MLO" in ds.CompletionFlagDescription
@@ -148,7 +150,7 @@ def test_incomplete_result_says_cad_was_not_attempted(phantom_dir: Path, tmp_pat
     source = phantom_source(_studies(phantom_dir)[1], ("R-CC", "R-MLO", "L-CC"))
     result = {"status": "incomplete", "missing_views": ["L-MLO"], "breasts": {}, "disagreements": [],
               "report": None, "models": {}, "preliminary": True}
-    path = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     _assert_valid(path)
     ds = pydicom.dcmread(path)
     assert ds.CompletionFlag == "PARTIAL"
@@ -166,7 +168,7 @@ def test_breast_without_composition_birads_6_and_chinese_text(phantom_dir: Path,
     source, result = phantom_case(_studies(phantom_dir)[1])
     result["breasts"]["L"].update(density=None, density_source=None, birads="6", birads_source="report")
     result["report"] = dict(result["report"], impression=result["report"]["impression"] + "\n左乳：BI-RADS 6类。")
-    path = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     _assert_valid(path)
     ds = pydicom.dcmread(path)
     assert ds.SpecificCharacterSet == "ISO_IR 192"

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from node.outputs.source import SourceImage, SourceStudy
 from node.outputs.sr_cad import build_mammography_cad_sr, read_mammography_cad_sr
 from node.outputs.sr_tid1500 import build_tid1500_sr, read_tid1500_sr
+from node.study_result import StudyResult
 from tests.node.outputs_helpers import phantom_case, sample_result
 from tests.tools import require_tool
 
@@ -64,7 +65,7 @@ def test_a_source_without_an_optional_attribute_gives_valid_srs(case, tmp_path: 
     source, result = case
     source = _edited(source, _without(keyword))
     for kind, build in BUILDERS.items():
-        ds = _valid(build(source, result, created_at=CREATED), tmp_path, f"{kind}.dcm")
+        ds = _valid(build(source, StudyResult.from_json(result), created_at=CREATED), tmp_path, f"{kind}.dcm")
         if kind == "tid4000":
             assert ds.AuthorObserverSequence[0].InstitutionName == (source.get("InstitutionName") or "")
             assert read_mammography_cad_sr(ds)["breasts"]
@@ -76,7 +77,7 @@ def test_a_source_without_any_of_them_gives_valid_srs(case, tmp_path: Path) -> N
     source, result = case
     source = _edited(source, _without(*OPTIONAL))
     for kind, build in BUILDERS.items():
-        ds = _valid(build(source, result, created_at=CREATED), tmp_path, f"{kind}.dcm")
+        ds = _valid(build(source, StudyResult.from_json(result), created_at=CREATED), tmp_path, f"{kind}.dcm")
         for keyword in ("ReferringPhysicianName", "AccessionNumber", "StudyDate", "StudyTime", "StudyID",
                         "PatientName", "PatientBirthDate", "PatientSex"):
             assert keyword in ds and not ds[keyword].value, keyword
@@ -101,7 +102,7 @@ def test_whole_patient_and_study_modules_and_the_request_are_copied(case, tmp_pa
 
     source = _edited(source, edit)
     for kind, build in BUILDERS.items():
-        ds = _valid(build(source, result, created_at=CREATED), tmp_path, f"{kind}.dcm")
+        ds = _valid(build(source, StudyResult.from_json(result), created_at=CREATED), tmp_path, f"{kind}.dcm")
         assert ds.OtherPatientIDsSequence[0].PatientID == "OTHER-7" and ds.IssuerOfPatientID == "HOSP-A"
         assert ds.PatientAge == "051Y"
         [request] = ds.ReferencedRequestSequence
@@ -117,9 +118,10 @@ def test_time_zone_is_the_sources(case) -> None:
         ds.TimezoneOffsetFromUTC = "+0800"
 
     for kind, build in BUILDERS.items():
-        ds = build(_edited(source, east), result, created_at=CREATED)  # 2025-11-24 16:00:00 UTC
+        ds = build(_edited(source, east), StudyResult.from_json(result), created_at=CREATED)  # 2025-11-24 16:00:00 UTC
         assert ds.TimezoneOffsetFromUTC == "+0800" and (ds.ContentDate, ds.ContentTime) == ("20251125", "000000")
-        ds = build(_edited(source, _without("TimezoneOffsetFromUTC")), result, created_at=CREATED)
+        ds = build(_edited(source, _without("TimezoneOffsetFromUTC")), StudyResult.from_json(result),
+                   created_at=CREATED)
         assert "TimezoneOffsetFromUTC" not in ds  # local times, as the source's own
 
 
@@ -139,11 +141,12 @@ def test_same_content_same_uid_different_content_another(case) -> None:
         "device": (source, result, CREATED, "2.25.42"),
     }
     for kind, build in BUILDERS.items():
-        first = build(source, result, created_at=CREATED)
-        again = build(source, dict(result, seconds=99.0), created_at=CREATED)  # not in the bytes
+        first = build(source, StudyResult.from_json(result), created_at=CREATED)
+        again = build(source, StudyResult.from_json(dict(result, seconds=99.0)),
+                      created_at=CREATED)  # not in the bytes
         assert again.SOPInstanceUID == first.SOPInstanceUID
         for what, (src, res, when, device) in changes.items():
-            other = build(src, res, created_at=when, device_uid=device)
+            other = build(src, StudyResult.from_json(res), created_at=when, device_uid=device)
             assert other.SOPInstanceUID != first.SOPInstanceUID, (kind, what)
 
 
@@ -152,7 +155,7 @@ def test_completion_flag_is_the_same_in_both_srs(case) -> None:
     source, result = case
     partial = sample_result("FINDINGS:\nFatty breasts.\n\nIMPRESSION:\nBI-RADS 1.\n", missing=("L-MLO",))
     for res, flag in ((result, "COMPLETE"), (partial, "PARTIAL")):
-        srs = [build(source, res, created_at=CREATED) for build in BUILDERS.values()]
+        srs = [build(source, StudyResult.from_json(res), created_at=CREATED) for build in BUILDERS.values()]
         assert {ds.CompletionFlag for ds in srs} == {flag}
         assert all(ds.VerificationFlag == "UNVERIFIED" for ds in srs)
         if flag == "PARTIAL":
@@ -167,9 +170,9 @@ def test_device_uid_is_the_installations(case, tmp_path: Path) -> None:
     uid = installation_device_uid(tmp_path / "a")
     assert uid == installation_device_uid(tmp_path / "a") != installation_device_uid(tmp_path / "b")
     assert (tmp_path / "a" / "device-uid").read_text().strip() == uid
-    cad = build_mammography_cad_sr(source, result, created_at=CREATED, device_uid=uid)
+    cad = build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED, device_uid=uid)
     assert cad.AuthorObserverSequence[0].DeviceUID == uid
-    tid = build_tid1500_sr(source, result, created_at=CREATED, device_uid=uid)
+    tid = build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED, device_uid=uid)
     assert str(tid).count(uid) == 1  # the Device Observer UID of the observer context
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "device-uid").write_text("not a uid\n")

@@ -19,6 +19,7 @@ from node.outputs.gsps import SOP_CLASS_UID as GSPS_CLASS
 from node.outputs.gsps import build_presentation_state, planned_states, read_presentation_state
 from node.outputs.sr_cad import ATTEMPTED, build_mammography_cad_sr, read_mammography_cad_sr
 from node.outputs.sr_tid1500 import build_tid1500_sr, read_tid1500_sr
+from node.study_result import StudyResult
 from tests.node.marks_helpers import lesion_boxes, near, oracle_marks
 from tests.node.outputs_helpers import phantom_case
 from tests.tools import require_tool
@@ -78,7 +79,8 @@ def _uid_of(source: Any, position: str) -> str:
 
 def test_cad_sr_has_a_single_image_finding_with_center_and_outline_per_mark(phantom_dir: Path, tmp_path: Path) -> None:
     source, result, study = _case(phantom_dir)
-    path = _save(build_mammography_cad_sr(source, result, created_at=CREATED), tmp_path / "cad.dcm")
+    path = _save(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED),
+                 tmp_path / "cad.dcm")
     _dciodvfy(path)
     proc = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "E:" not in proc.stderr, proc.stderr
@@ -102,19 +104,19 @@ def test_cad_sr_has_a_single_image_finding_with_center_and_outline_per_mark(phan
 def test_cad_sr_of_a_package_without_lesion_map_says_localisation_was_not_attempted(phantom_dir: Path) -> None:
     source, result, _ = _case(phantom_dir)
     result.update(localization={"attempted": False, "why": "the VersaMammo package has no lesion map"}, marks=[])
-    ds = build_mammography_cad_sr(source, result, created_at=CREATED)
+    ds = build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED)
     back = read_mammography_cad_sr(ds)
     assert back["marks"] == [] and back["summary"] == "All algorithms succeeded; without findings"
     assert ATTEMPTED in _texts(ds)
     result.update(localization={"attempted": True, "mark_threshold": 0.5, "max_marks_per_image": 3})
-    back = read_mammography_cad_sr(build_mammography_cad_sr(source, result, created_at=CREATED))
+    back = read_mammography_cad_sr(build_mammography_cad_sr(source, StudyResult.from_json(result), created_at=CREATED))
     assert back["summary"] == "All algorithms succeeded; without findings"  # attempted, nothing found
 
 
 def test_tid1500_has_a_planar_roi_group_per_mark_read_by_highdicom(phantom_dir: Path, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     source, result, _ = _case(phantom_dir)
-    path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path / "tid1500.dcm")
+    path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path / "tid1500.dcm")
     _dciodvfy(path)
     with caplog.at_level(logging.WARNING):
         back = read_tid1500_sr(pydicom.dcmread(path))
@@ -128,12 +130,13 @@ def test_tid1500_has_a_planar_roi_group_per_mark_read_by_highdicom(phantom_dir: 
 
 def test_a_presentation_state_per_image_puts_the_marks_on_their_image(phantom_dir: Path, tmp_path: Path) -> None:
     source, result, study = _case(phantom_dir)
-    planned = planned_states(source, result, CREATED, DEVICE)
+    planned = planned_states(source, StudyResult.from_json(result), CREATED, DEVICE)
     assert [p for p, _ in planned] == [i.position for i in source.images]
     assert len({uid for _, uid in planned}) == 4
     boxes = lesion_boxes(study)
     for position, uid in planned:
-        ds = build_presentation_state(source, result, created_at=CREATED, device_uid=DEVICE, identity=uid)
+        ds = build_presentation_state(source, StudyResult.from_json(result), created_at=CREATED, device_uid=DEVICE,
+                                      identity=uid)
         path = _save(ds, tmp_path / f"{position}.dcm")
         assert "GrayscaleSoftcopyPresentationState" in _dciodvfy(path)
         back = read_presentation_state(pydicom.dcmread(path))
@@ -147,15 +150,17 @@ def test_a_presentation_state_per_image_puts_the_marks_on_their_image(phantom_di
             assert _same(box, mark["box"]) and _same(point, mark["center"])
         assert not marks if position not in boxes else _on_the_lesions(drawn["boxes"], boxes[position])
         # byte-identical when rebuilt; another result, another instance
-        again = build_presentation_state(source, result, created_at=CREATED, device_uid=DEVICE, identity=uid)
+        again = build_presentation_state(source, StudyResult.from_json(result), created_at=CREATED,
+                                         device_uid=DEVICE, identity=uid)
         assert _save(again, tmp_path / "again.dcm").read_bytes() == path.read_bytes()
     other = dict(result, marks=result["marks"][:-1])
-    assert set(planned_states(source, other, CREATED, DEVICE)).isdisjoint(planned)
+    assert set(planned_states(source, StudyResult.from_json(other), CREATED, DEVICE)).isdisjoint(planned)
     with pytest.raises(LookupError):
-        build_presentation_state(source, other, created_at=CREATED, device_uid=DEVICE, identity=planned[0][1])
+        build_presentation_state(source, StudyResult.from_json(other), created_at=CREATED, device_uid=DEVICE,
+                                 identity=planned[0][1])
 
 
 def test_no_presentation_state_without_localisation(phantom_dir: Path) -> None:
     source, result = phantom_case(_lesion_study(phantom_dir))
     with pytest.raises(NotApplicable):
-        planned_states(source, result, CREATED, DEVICE)
+        planned_states(source, StudyResult.from_json(result), CREATED, DEVICE)

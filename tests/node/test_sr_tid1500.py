@@ -9,6 +9,7 @@ import pytest
 
 from node.outputs.common import NotApplicable
 from node.outputs.sr_tid1500 import build_tid1500_sr, read_tid1500_sr
+from node.study_result import StudyResult
 from tests.node.outputs_helpers import phantom_case, phantom_source, sample_result
 from tests.tools import require_tool
 
@@ -60,7 +61,7 @@ def _read(ds) -> dict:
 def test_every_phantom_study_gives_a_valid_sr_that_reads_back(phantom_dir: Path, tmp_path: Path) -> None:
     for study_dir in _studies(phantom_dir):
         source, result = phantom_case(study_dir)
-        path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path)
+        path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
         report = _dciodvfy(path)
         assert "Error" not in report, report
         back = _read(pydicom.dcmread(path))
@@ -72,7 +73,7 @@ def test_every_phantom_study_gives_a_valid_sr_that_reads_back(phantom_dir: Path,
 
 def test_sr_is_in_the_source_study_with_evidence_and_unverified(phantom_dir: Path) -> None:
     source, result = phantom_case(_studies(phantom_dir)[0])
-    sr = build_tid1500_sr(source, result, created_at=CREATED)
+    sr = build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED)
     assert sr.StudyInstanceUID == source.study_uid
     assert sr.SeriesInstanceUID not in {i.series_instance_uid for i in source.images}
     assert sr.PatientID == source.header.PatientID and sr.AccessionNumber == source.header.AccessionNumber
@@ -90,12 +91,13 @@ def test_sr_is_in_the_source_study_with_evidence_and_unverified(phantom_dir: Pat
 
 def test_resend_is_byte_identical_and_new_models_make_a_new_instance(phantom_dir: Path, tmp_path: Path) -> None:
     source, result = phantom_case(_studies(phantom_dir)[0])
-    a = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path, "a.dcm").read_bytes()
-    b = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path, "b.dcm").read_bytes()
+    typed = StudyResult.from_json(result)
+    a = _save(build_tid1500_sr(source, typed, created_at=CREATED), tmp_path, "a.dcm").read_bytes()
+    b = _save(build_tid1500_sr(source, typed, created_at=CREATED), tmp_path, "b.dcm").read_bytes()
     assert a == b
-    first = build_tid1500_sr(source, result, created_at=CREATED)
+    first = build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED)
     result2 = dict(result, models={**result["models"], "mammorg": "mammorg-demo@1.1.0"})
-    second = build_tid1500_sr(source, result2, created_at=CREATED)
+    second = build_tid1500_sr(source, StudyResult.from_json(result2), created_at=CREATED)
     assert second.SOPInstanceUID != first.SOPInstanceUID
     assert second.SeriesInstanceUID != first.SeriesInstanceUID
 
@@ -106,7 +108,7 @@ def test_suspicious_uncertain_and_subcategory_findings(phantom_dir: Path, tmp_pa
             "IMPRESSION:\nLeft breast: BI-RADS 4B - suspicious.\nRight breast: BI-RADS 0 - incomplete.\n")
     result = sample_result(text, birads=(3, 4), density=2)
     source = phantom_source(_studies(phantom_dir)[0])
-    path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     assert "Error" not in _dciodvfy(path)
     back = _read(pydicom.dcmread(path))
     assert back["breasts"] == _expected(result)
@@ -119,7 +121,7 @@ def test_partial_result_references_the_views_present(phantom_dir: Path, tmp_path
     study = _studies(phantom_dir)[1]
     source = phantom_source(study, ("R-CC", "R-MLO", "L-CC"))
     result = sample_result((study / "report.txt").read_text(), missing=("L-MLO",))
-    path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     report = _dciodvfy(path)
     assert "Error" not in report, report
     ds = pydicom.dcmread(path)
@@ -132,7 +134,7 @@ def test_no_sr_when_no_model_ran(phantom_dir: Path) -> None:
     result = {"status": "incomplete", "missing_views": ["L-MLO"], "breasts": {}, "disagreements": [],
               "report": None, "models": {}, "preliminary": True}
     with pytest.raises(NotApplicable):
-        build_tid1500_sr(source, result, created_at=CREATED)
+        build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED)
 
 
 def test_chinese_report_and_birads_6_stay_valid(phantom_dir: Path, tmp_path: Path) -> None:
@@ -141,7 +143,7 @@ def test_chinese_report_and_birads_6_stay_valid(phantom_dir: Path, tmp_path: Pat
     result = sample_result(text, birads=(5, 1), density=2)
     result["breasts"]["R"]["birads"] = "6"
     source = phantom_source(_studies(phantom_dir)[0])
-    path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     report = _dciodvfy(path)
     assert "Error" not in report, report
     ds = pydicom.dcmread(path)
@@ -172,7 +174,7 @@ def test_each_finding_is_its_own_group_that_highdicom_reads_without_warnings(
     results = [result] + [phantom_case(d)[1] for d in _studies(phantom_dir)]
     sources = [phantom_source(_studies(phantom_dir)[0])] + [phantom_source(d) for d in _studies(phantom_dir)]
     for n, (source, res) in enumerate(zip(sources, results)):
-        path = _save(build_tid1500_sr(source, res, created_at=CREATED), tmp_path, f"sr{n}.dcm")
+        path = _save(build_tid1500_sr(source, StudyResult.from_json(res), created_at=CREATED), tmp_path, f"sr{n}.dcm")
         assert "Error" not in _dciodvfy(path)
         caplog.clear()
         with caplog.at_level("WARNING"):
@@ -211,7 +213,7 @@ def test_no_probability_of_cancer_only_what_the_classifier_gives(phantom_dir: Pa
     """Issue 18.5: P(BI-RADS 4) + P(BI-RADS 5) is not a probability of cancer (DCM 111047); it is
     sent under our declared local concept that says what it is."""
     source, result = phantom_case(_studies(phantom_dir)[0])
-    path = _save(build_tid1500_sr(source, result, created_at=CREATED), tmp_path)
+    path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED), tmp_path)
     assert "Error" not in _dciodvfy(path)
     ds = pydicom.dcmread(path)
     names = [(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptNameCodeSequence[0].CodingSchemeDesignator,
@@ -232,7 +234,7 @@ def test_language_is_the_reports(phantom_dir: Path) -> None:
     source, result = phantom_case(_studies(phantom_dir)[0])
     chinese = sample_result("检查所见：\n双侧乳腺散在纤维腺体。\n\n诊断意见：\n双乳 BI-RADS 1。\n")
     for res, tag in ((result, "en-US"), (chinese, "zh")):
-        sr = build_tid1500_sr(source, res, created_at=CREATED)
+        sr = build_tid1500_sr(source, StudyResult.from_json(res), created_at=CREATED)
         [language] = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121049"]
         assert language.ConceptCodeSequence[0].CodeValue == tag
 
@@ -256,7 +258,8 @@ def test_ihe_air_content_checks(phantom_dir: Path, tmp_path: Path, caplog: pytes
     device = "2.25.123456789"
     result = sample_result(MULTI_FINDING_REPORT, birads=(2, 4), density=1)
     source = phantom_source(_studies(phantom_dir)[0])
-    path = _save(build_tid1500_sr(source, result, created_at=CREATED, device_uid=device), tmp_path)
+    path = _save(build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED, device_uid=device),
+                 tmp_path)
     assert "Error" not in _dciodvfy(path)
     with caplog.at_level("WARNING"):
         sr = hd.sr.srread(path)

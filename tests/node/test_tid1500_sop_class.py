@@ -10,6 +10,7 @@ import logging
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -22,8 +23,9 @@ from node.journal import Journal
 from node.outbox import Outbox
 from node.outputs.amend import delivered_identities, replaced_outputs
 from node.outputs.common import TID1500_SOP_CLASSES
-from node.outputs.prepare import OutputPreparer
+from node.outputs.prepare import OutputPreparer, journaled_result
 from node.outputs.sr_tid1500 import build_tid1500_sr, read_tid1500_sr
+from node.study_result import StudyResult
 from tests.node.conftest import free_port, node_settings, wait_for
 from tests.node.outputs_helpers import phantom_case, phantom_source
 from tests.tools import require_tool
@@ -51,7 +53,7 @@ def _study(phantom_dir: Path) -> Path:
 def test_each_sop_class_is_valid_and_reads_back(phantom_dir: Path, tmp_path: Path, sop_class: str,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     source, result = phantom_case(_study(phantom_dir))
-    sr = build_tid1500_sr(source, result, created_at=CREATED, sop_class=sop_class)
+    sr = build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED, sop_class=sop_class)
     assert sr.SOPClassUID == TID1500_SOP_CLASSES[sop_class]
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -66,7 +68,7 @@ def test_each_sop_class_is_valid_and_reads_back(phantom_dir: Path, tmp_path: Pat
     assert sum(len(b["findings"]) for b in back["breasts"].values()) == \
         sum(len(b["findings"]) for b in result["breasts"].values())
     # each class is a document of its own: never one SOP Instance UID under two classes
-    other = build_tid1500_sr(source, result, created_at=CREATED)
+    other = build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED)
     assert (sop_class == "comprehensive3d") == (other.SOPInstanceUID == sr.SOPInstanceUID)
 
 
@@ -75,7 +77,7 @@ def test_dciodvfy_checks_the_value_types_each_class_allows(phantom_dir: Path, tm
     both dciodvfy and DCMTK's relationship constraint check say so for the Enhanced SR."""
     source, result = phantom_case(_study(phantom_dir))
     for sop_class, allowed in (("comprehensive3d", True), ("enhanced", False)):
-        sr = build_tid1500_sr(source, result, created_at=CREATED, sop_class=sop_class)
+        sr = build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED, sop_class=sop_class)
         item = sr.ContentSequence[-1].ContentSequence[-1]  # the disclaimer TEXT item
         del item.TextValue
         item.ValueType = "SCOORD3D"
@@ -170,10 +172,12 @@ def test_a_pacs_without_3d_sr_gets_the_class_it_stores_and_its_predecessor(
 
     def process(result: dict, created_at: float) -> dict:
         """What the pipeline does: link what is delivered, plan, journal with the rows."""
-        replaces = replaced_outputs(journal.get_result(uid), result, uid, delivered_identities(journal, uid))
+        typed = StudyResult.from_json(result)
+        replaces = replaced_outputs(journaled_result(journal, uid), typed, uid, delivered_identities(journal, uid))
         if replaces:
-            result["replaces"] = replaces
-        rows = OutputPreparer(settings).plan(phantom_source(study_dir), result, created_at)
+            typed = replace(typed, replaces=replaces)
+        typed, rows = OutputPreparer(settings).plan(phantom_source(study_dir), typed, created_at)
+        result = typed.to_json()
         assert journal.finish_study(uid, result, "processed", rows, now=created_at)
         for row in rows:  # nothing rendered yet: the outbox builds every payload from the journal
             assert not (data_dir / row["payload"]).exists()
@@ -223,7 +227,7 @@ def test_orthanc_stores_each_class_it_is_sent_in(phantom_dir: Path, tmp_path: Pa
         files = []
         for sop_class in TID1500_SOP_CLASSES:
             files.append(tmp_path / f"{sop_class}.dcm")
-            build_tid1500_sr(source, result, created_at=CREATED, sop_class=sop_class).save_as(
+            build_tid1500_sr(source, StudyResult.from_json(result), created_at=CREATED, sop_class=sop_class).save_as(
                 files[-1], enforce_file_format=True)
         dest = DicomDestination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port, timeout=5)
         assert [d.outcome for d in send_files(dest, "MAMMO_NODE", files)] == ["delivered"] * 3
