@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from node.config import Settings
+from node.config import OutboxSection, Settings
 from node.journal import Journal
 from node.logref import study_ref
 from node.outputs.prepare import HL7_DESTINATION, OutputPreparer, OutputSuperseded
@@ -304,7 +304,7 @@ class Outbox:
             if any_retry:
                 return
 
-    def _record(self, row: OutboxRow, attempt: Attempt, cfg: Any) -> None:
+    def _record(self, row: OutboxRow, attempt: Attempt, cfg: OutboxSection) -> None:
         attempts = row.attempts + 1
         if attempt.outcome == "delivered":
             self.queue.finish(row.id, DELIVERED, None)
