@@ -53,7 +53,8 @@ QUICK_RECIPE: dict[str, Any] = {
     "studies": 40, "ssl_iterations": 30, "distill_epochs": 2,
     "versamammo": {"model.student_init": "lesion_patches", "patches.epochs": 1, "patches.samples_per_epoch": 256,
                    "patches.val_samples": 64, "model.student_lesion_map": True, "distill.lesion_map_weight": 1.0},
-    "mammorg": {"knowledge.epochs": 1, "align.epochs": 1, "sft.epochs": 2, "mammorg.lm_warmup_epochs": 2},
+    "mammorg": {"knowledge.epochs": 1, "align.epochs": 1, "sft.epochs": 2, "mammorg.lm_warmup_epochs": 2,
+                "data.phantom_extra_train_studies": 8},
 }
 
 

@@ -1,7 +1,7 @@
 """`mammo-node models bootstrap-demo --retrain`: the training path (export.bootstrap in a child
 process, then export, install, activate) leaves a fresh data directory with working, verified, active
 demonstration models that say they are not for clinical use and record their provenance; a second
-run reuses them. The real recipe takes about an hour on 2 cores, so this runs its minutes-long
+run reuses them. The real recipe takes about two hours on 2 cores, so this runs its minutes-long
 ``--quick`` recipe: it proves the code path, not the models (bench.demo_quality and
 tests/bench/test_demo_quality.py judge the shipped ones)."""
 from __future__ import annotations
@@ -50,6 +50,10 @@ def test_demo_models_are_active_verified_and_labelled_not_for_clinical_use(node_
         training = json.loads((settings_dir / ref / "manifest.json").read_text())["training"]
         assert training["phantom_version"] == PHANTOM_VERSION and training["recipe"] == QUICK_RECIPE
         assert training["command"][:3] == ["python", "-m", "export.bootstrap"] and "--quick" in training["command"]
+    # MammoRG's extra training studies (the recipe's data.phantom_extra_train_studies) are named in its data line
+    mammorg = json.loads((settings_dir / listed["active"]["mammorg"] / "manifest.json").read_text())["training"]
+    assert "8 more phantom studies of the same seed (indices 40..47), training split only" in mammorg["data"]
+    assert mammorg["config"]["data"]["phantom_extra_train_studies"] == 8
     # the lesion map's mark threshold was chosen on the validation split (export/mark_threshold.py)
     localization = json.loads((settings_dir / listed["active"]["versamammo"] / "manifest.json").read_text())["localization"]
     point = localization["operating_point"]
