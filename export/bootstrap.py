@@ -15,9 +15,9 @@ phantoms' boxes (three warm-up epochs of the map alone, then every term with the
 of the learning rate), heads that pool the grid by the map (``student_head_pool = "avg_lesion"``)
 and the head refit on the frozen student (``distill.head_refit``), then MammoRG's three stages on
 the frozen student, and the per-field choice of reporting source on the validation split
-(training/mammorg/reporting.py). Recipe 3.1.0 (``DEMO_VERSION``) also trains MammoRG on 840 more
-phantom studies (training split only). About two hours on 2 CPU cores (VersaMammo 43 min, MammoRG
-80 min measured), which is why the repository ships the packages this recipe made
+(training/mammorg/reporting.py). Recipe 3.2.0 (``DEMO_VERSION``) also trains MammoRG on 1560 more
+phantom studies (training split only; 3.1.0: 840). About two hours on 2 CPU cores (VersaMammo 43
+min, MammoRG 110 min measured), which is why the repository ships the packages this recipe made
 (deploy/demo-models/, ``--ship``):
 ``bootstrap-demo`` installs those without torch, and ``--retrain`` reproduces them. ``--quick`` is
 a minutes-long recipe for tests of this code path only. What each recipe gave: docs/training.md.
@@ -43,10 +43,11 @@ RECIPE: dict[str, Any] = {
                    "distill.backbone_lr_mult": 0.1, "distill.head_refit": True},
     # 3.0.0 was trained before the knowledge-graph edges (models/mammorg/edges.py) existed, with every
     # schema pair linked: pinned, so --retrain reproduces it (its manifest's recipe predates the key).
-    # 3.1.0: MammoRG also learns from 840 more phantom studies (seed 0, indices 600..1439), training
-    # split only, so its validation and test studies are the student's (docs/mammorg.md).
+    # 3.1.0: MammoRG also learns from 840 more phantom studies (seed 0, indices 600..1439); 3.2.0 from
+    # 1560 (indices 600..2159), training split only, so its validation and test studies are the
+    # student's (docs/mammorg.md, "More training reports").
     "mammorg": {"knowledge.epochs": 6, "align.epochs": 4, "sft.epochs": 12, "mammorg.lm_warmup_epochs": 12,
-                "mammorg.graph_edges": "complete", "data.phantom_extra_train_studies": 840},
+                "mammorg.graph_edges": "complete", "data.phantom_extra_train_studies": 1560},
 }
 # Minutes on 2 cores: proves the code path (tests), not the models.
 QUICK_RECIPE: dict[str, Any] = {

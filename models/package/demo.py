@@ -6,5 +6,5 @@ the bootstrap cache key. Here, not in ``export``, because the node reads it with
 """
 from __future__ import annotations
 
-DEMO_VERSION = "3.1.0"
+DEMO_VERSION = "3.2.0"
 NAMES: dict[str, str] = {"versamammo": "versamammo-demo", "mammorg": "mammorg-demo"}
