@@ -69,6 +69,13 @@ def mammorg_data(data: str, recipe: dict[str, Any]) -> str:
             f"{first + extra - 1}), training split only")
 
 
+def golden_images(side: int) -> int:
+    """How many golden images the VersaMammo package carries: 4 at 256 px, fewer for larger inputs
+    (1 at 512: the golden file holds each image and its 1280-channel feature grid, and the shipped
+    demo folder must stay under 50 MB)."""
+    return max(1, 4 * 256 * 256 // (side * side))
+
+
 def package_dir(out: Path, kind: str) -> Path:
     return out / "packages" / f"{NAMES[kind]}@{DEMO_VERSION}"
 
@@ -160,7 +167,7 @@ def build(out: Path, threads: int | None = None, recipe: dict[str, Any] | None =
 
         _stage("choosing the CAD mark threshold on the validation split")
         marks = mark_threshold_on(student, [r for r in load_records(vcfg.data) if r.split == "val"], pre)
-    fields = export_versamammo(student, staging / "versamammo", phantom_images(pre, 4),
+    fields = export_versamammo(student, staging / "versamammo", phantom_images(pre, golden_images(pre.size[0])),
                                **({"mark_threshold": marks["mark_threshold"]} if marks else {}))
     if marks:
         fields["localization"]["operating_point"] = marks["operating_point"]

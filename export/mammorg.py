@@ -24,7 +24,7 @@ from torch import nn
 
 from export.onnx_io import export_graph, io_spec
 from export.versamammo import FP32_TOLERANCE, ParityError, compare
-from models.mammorg.model import MammoRG
+from models.mammorg.model import MammoRG, view_tokens
 from models.mammorg.config import VIEWS, preprocess_config
 
 
@@ -43,8 +43,8 @@ class PrefixGraph(nn.Module):
 
     def forward(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         b, v = views.shape[:2]
-        grid = self.model.vision.feature_grid(views.flatten(0, 1))            # (B*4, D, G, G)
-        raw = grid.flatten(2).transpose(1, 2).reshape(b, v, grid.shape[2] * grid.shape[3], grid.shape[1])
+        flat = view_tokens(self.model.vision, views.flatten(0, 1), self.model.cfg.vision_pool)  # (B*4, T, D)
+        raw = flat.reshape(b, v, flat.shape[1], flat.shape[2])
         return self.model.prompt_embeddings(self.model.prefix(raw, present, self.nodes))
 
 

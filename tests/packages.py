@@ -40,14 +40,15 @@ def tiny_student(seed: int = 0):
     return student
 
 
-def tiny_mammorg(seed: int = 0, max_new_tokens: int = 12, preprocessing: dict | None = None):
+def tiny_mammorg(seed: int = 0, max_new_tokens: int = 12, preprocessing: dict | None = None, vision_pool: int = 1):
     base = train_bpe(REPORTS * 3, 400)
     tokenizer, base_rows = with_terms(base, "en")
     small_lm = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": False}
     cfg = replace(mammorg_config("tiny"), cross_heads=4, graph_layers=1, lm=small_lm, max_new_tokens=max_new_tokens,
-                  base_vocab_size=base_rows, preprocessing=preprocessing)
+                  base_vocab_size=base_rows, preprocessing=preprocessing, vision_pool=vision_pool)
     student = tiny_student(seed)
+    cfg = replace(cfg, vision_grid=student.cfg.student_grid // vision_pool)
     torch.manual_seed(seed)
     model = build_mammorg(cfg, tokenizer, student)
     set_bank(model, torch.randn(6, model.cfg.embed_dim))

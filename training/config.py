@@ -47,6 +47,10 @@ class ModelSection(_Section):
     # "avg_max" pooling for the heads, and the lesion map that distill.lesion_map_weight trains.
     student_head_pool: Literal["avg", "avg_max", "avg_lesion"] | None = None
     student_lesion_map: bool | None = None
+    # The student's square input side (a multiple of 32; the feature grid is input / 32). None keeps
+    # the preset's (full 512, tiny 256). The tiny preset at 512 reads the small phantom at its native
+    # height: descriptors near one pixel at 256 px (docs/training.md, "The student at 512 px").
+    student_input: int | None = Field(default=None, ge=32, multiple_of=32)
 
 
 class DataSection(_Section):
@@ -194,6 +198,9 @@ class MammoRGSection(_Section):
     prompt: str | None = None  # must contain <image> once; None = the preset's
     max_report_tokens: int = Field(default=512, ge=8)  # longer training targets are truncated, and counted
     retrieval_temperature: float = Field(default=0.05, gt=0)
+    # The frozen student's feature grid average-pooled by this factor into tokens (MammoRGConfig.
+    # vision_pool): 2 keeps 8 x 8 tokens per view from a tiny student trained at 512 px. 1 = official.
+    vision_pool: int = Field(default=1, ge=1)
     # A language model built from config starts random; these epochs of plain next-token training
     # on the training reports stand in for the pretrained LLM of the full config (0 = none).
     lm_warmup_epochs: int = Field(default=0, ge=0)

@@ -40,7 +40,7 @@ class MammoRGConfig:
     size: str
     vision_size: str                     # VersaMammo preset of the frozen student
     vision_dim: int                      # channels of the student's feature grid
-    vision_grid: int                     # grid side: vision_grid**2 tokens per view
+    vision_grid: int                     # token grid side: vision_grid**2 tokens per view
     graph_layers: int = 4                # residual RGCN layers
     cross_heads: int = 8
     retrieval_temperature: float = 0.05  # softmax temperature over cosine similarity to the report bank
@@ -55,6 +55,10 @@ class MammoRGConfig:
     # (squash, its normalisation). An imported official MammoRG sets the official geometry
     # (shortest side, centre crop, 0.5/0.5): export writes it into the package manifest.
     preprocessing: dict[str, Any] | None = None
+    # The student's feature grid is average-pooled by this factor before it becomes tokens
+    # (vision_grid = student grid / vision_pool): a student at twice the tiny input (512 px, a
+    # 16 x 16 grid) keeps the tiny language model's 8 x 8 tokens per view. 1 = the official tokens.
+    vision_pool: int = 1
     # Filled in while building: sizes of the buffers that travel with the weights.
     vocab_size: int = 0
     base_vocab_size: int = 0             # rows before the atomic lexicon terms were added
@@ -71,6 +75,8 @@ class MammoRGConfig:
             raise ValueError(f"vision_dim {self.vision_dim} is not divisible by cross_heads {self.cross_heads}")
         if self.lm_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"lm_dtype must be float32, bfloat16 or float16, not {self.lm_dtype!r}")
+        if self.vision_pool < 1:
+            raise ValueError(f"vision_pool must be >= 1, not {self.vision_pool}")
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
 

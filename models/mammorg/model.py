@@ -38,6 +38,16 @@ IGNORE_INDEX = -100
 FORMAT = "mammo-node/mammorg"
 
 
+
+def view_tokens(vision: VersaMammoStudent, views: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    """(N, 3, S, S) preprocessed views -> (N, T, dim): the student's feature grid, average-pooled by
+    ``pool`` (``MammoRGConfig.vision_pool``), read row by row. Training, export and the token cache
+    all go through here, so they cut the same tokens."""
+    grid = vision.feature_grid(views)
+    if pool > 1:
+        grid = torch.nn.functional.avg_pool2d(grid, pool)
+    return grid.flatten(2).transpose(1, 2)
+
 class MammoRG(nn.Module):
     """Frozen vision student + knowledge modules + projectors + causal LM (see the module docstring).
 
@@ -85,8 +95,7 @@ class MammoRG(nn.Module):
         mask = present.bool()
         if mask.any():
             self.vision.eval()
-            grid = self.vision.feature_grid(views[mask])
-            out[mask] = grid.flatten(2).transpose(1, 2).to(out.dtype)
+            out[mask] = view_tokens(self.vision, views[mask], self.cfg.vision_pool).to(out.dtype)
         return out
 
     def tokens(self, raw: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -153,3 +153,29 @@ def test_the_manifest_carries_the_encoders_preprocessing_both_ways(exported, tmp
     with pytest.raises(ValueError, match="does not match"):
         preprocess_config(replace(loaded.cfg, preprocessing=official_mammorg_config(side + 8).to_dict()),
                           loaded.vision.cfg)
+
+
+def test_a_pooled_grid_gives_averaged_tokens_in_torch_and_in_the_exported_graph(tmp_path):
+    """MammoRGConfig.vision_pool: each view's tokens are the student's feature grid averaged over
+    pool x pool cells (4 x 4 tokens from the tiny student's 8 x 8 grid), in torch and in the
+    exported prefix graph alike, and the prefix is that much shorter."""
+    from export.mammorg import export_mammorg
+    from export.package import finish_package
+    from models.mammorg.config import preprocess_config
+
+    model, tokenizer = tiny_mammorg(0, vision_pool=2)
+    views, present = phantom_views(preprocess_config(model.cfg, model.vision.cfg), 2)
+    v, p = torch.from_numpy(views), torch.from_numpy(present)
+    with torch.no_grad():
+        raw = model.encode_views(v, p)
+        grid = model.vision.feature_grid(v[0, :1])                        # (1, D, 8, 8)
+    assert raw.shape[2] == 16 and model.cfg.prefix_tokens == 4 * (16 + 1) + 1
+    cell = grid[0, :, 2:4, 4:6].mean((1, 2))                              # pooled cell (1, 2) = token 6
+    assert torch.allclose(raw[0, 0, 6], cell, atol=1e-5)
+    fields = export_mammorg(model, tokenizer, tmp_path / "pkg", views, present)
+    package, _ = finish_package(tmp_path / "pkg", "mammorg-pooled", "1.0.0", fields, training={"note": "random"})
+    runner = MammoRGRunner(package, read_manifest(package), CPU)
+    with torch.no_grad():
+        ref = model.prompt_embeddings(model.prefix(raw, p)).numpy()
+    assert np.allclose(runner.context(views, present), ref, rtol=1e-3, atol=1e-3)
+    assert runner.generate_ids(views, present) == _torch_ids(model, views, present, num_beams=1)

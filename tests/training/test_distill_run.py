@@ -284,3 +284,23 @@ def test_a_started_student_takes_the_runs_heads() -> None:
     wider = adopt_heads(plain, replace(plain.cfg, student_head_pool="avg_max"))
     assert wider.birads_head.in_features == 2 * plain.cfg.student_dim
     assert {n.split(":")[0] for n in wider.load_notes} == {"birads_head", "density_head", "findings_head"}
+
+
+def test_student_input_option_trains_a_student_at_another_resolution(tmp_path: Path, teacher_file: Path) -> None:
+    """model.student_input: the run's student reads its images at that side, its lesion map and feature
+    grid follow (input / 32), and the saved checkpoint rebuilds at that size; a side that is not a
+    multiple of 32 is refused when the configuration loads."""
+    from training.config import TrainConfigError
+    from training.versamammo.distill.data import student_preprocess_config
+    from training.versamammo.student_config import student_model_config
+
+    cfg = _cfg(tmp_path / "a", teacher_file, **{"distill.epochs": 1, "distill.lesion_map_weight": 1.0,
+                                                "model.student_lesion_map": True, "model.student_input": 320})
+    assert student_preprocess_config(student_model_config(cfg)).size == (320, 320)
+    student = load_checkpoint(run_distill(cfg), kind="student")
+    assert (student.cfg.student_input, student.cfg.student_grid) == (320, 10)
+    out = student.eval()(torch.zeros(1, 3, 320, 320))
+    assert out["lesion_map"].shape == (1, 10, 10)
+    assert student.feature_grid(torch.zeros(1, 3, 320, 320)).shape == (1, student.cfg.student_dim, 10, 10)
+    with pytest.raises(TrainConfigError, match="student_input: Input should be a multiple of 32"):
+        _cfg(tmp_path / "b", teacher_file, **{"model.student_input": 300})

@@ -167,6 +167,26 @@ def test_official_preprocessing_is_what_the_encoder_sees_and_what_the_model_keep
     assert [p.name for p in tokens.glob("tokens-*.pt")] == [f"tokens-{_key(model.vision, studies, official)}.pt"]
 
 
+def test_pooled_encoder_grid_is_what_the_cache_holds_and_the_model_keeps(tmp_path):
+    """``mammorg.vision_pool = 2``: the cached tokens are the student's 8 x 8 grid pooled to 4 x 4 per
+    view, and the saved model keeps the pooling (so evaluation and export cut the same tokens)."""
+    from models.versamammo.config import student_preprocess_config
+    from training.mammorg.data import load_studies
+    from training.mammorg.features import _key
+
+    overrides = {**_overrides(tmp_path), "data.phantom_studies": 8, "mammorg.lm_warmup_epochs": 0,
+                 "knowledge.epochs": 1, "knowledge.batch_size_per_rank": 2, "mammorg.vision_pool": 2}
+    cfg = load_train_config(CONFIG, overrides)
+    run_knowledge(cfg)
+    model, _ = load_mammorg(model_dir(cfg, "knowledge"))
+    assert (model.cfg.vision_pool, model.cfg.vision_grid, model.cfg.tokens_per_view) == (2, 4, 16)
+    studies = load_studies(cfg.data)
+    pre = student_preprocess_config(model.vision.cfg)
+    cached = Path(cfg.run.out_dir) / "mammorg" / "tokens" / f"tokens-{_key(model.vision, studies, pre, 2)}.pt"
+    tokens = torch.load(cached, weights_only=True)["tokens"]
+    assert tokens.shape[1:] == (4, 16, model.cfg.vision_dim)
+
+
 @pytest.mark.timeout(900)
 def test_sft_sharded_with_fsdp_under_torchrun_trains_what_ddp_trains(pipeline, tmp_path):
     """Issue 20: ``mammorg.fsdp`` shards each decoder layer (frozen weights and LoRA) with FSDP2 under

@@ -3,7 +3,7 @@ tokens, stage folders, and text embeddings in the language model's own space."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,21 @@ def previous_model(cfg: TrainConfig, stage: str) -> tuple[MammoRG, Any]:
 
 def load_vision(cfg: TrainConfig) -> VersaMammoStudent:
     """The frozen VersaMammo student (``model.student_checkpoint``: ours or the official format)."""
-    from models.versamammo.checkpoint import config_for
+    from models.versamammo.checkpoint import config_for, read_checkpoint
+    from models.versamammo.config import config_from_dict
     from training.versamammo.distill.train import load_student
 
     if cfg.model.student_checkpoint is None:
         log.warning("model.student_checkpoint is not set: MammoRG sees a randomly initialised student "
                     "(fine for a smoke test, useless for a real model)")
-    student = load_student(cfg, config_for(cfg.model.size))
+    model_cfg = config_for(cfg.model.size)
+    if cfg.model.student_checkpoint is not None:
+        try:  # our checkpoint: its own input side and grid (a student trained at model.student_input)
+            saved = config_from_dict(read_checkpoint(cfg.model.student_checkpoint)["config"])
+            model_cfg = replace(model_cfg, student_input=saved.student_input, student_grid=saved.student_grid)
+        except (ValueError, KeyError, TypeError):
+            pass  # an official student: the preset's geometry
+    student = load_student(cfg, model_cfg)
     return student.eval().requires_grad_(False)
 
 
@@ -73,11 +81,13 @@ def encoder_preprocessing(cfg: TrainConfig, student: VersaMammoStudent) -> Prepr
 
 
 def prepare(cfg: TrainConfig, student: VersaMammoStudent, device: torch.device,
-            pre: PreprocessConfig | None = None) -> Prepared:
+            pre: PreprocessConfig | None = None, pool: int | None = None) -> Prepared:
     """Studies, splits and the student's tokens of every study (computed on rank 0, cached).
 
     ``pre``: the images' preprocessing, a saved model's own; None = ``encoder_preprocessing(cfg, ...)``.
+    ``pool``: the grid pooling, a saved model's own ``vision_pool``; None = ``mammorg.vision_pool``.
     """
+    pool = cfg.mammorg.vision_pool if pool is None else pool
     pre = pre or encoder_preprocessing(cfg, student)
     studies = load_studies(cfg.data)
     splits = {name: [i for i, s in enumerate(studies) if s.split == name] for name in ("train", "val", "test")}
@@ -86,9 +96,9 @@ def prepare(cfg: TrainConfig, student: VersaMammoStudent, device: torch.device,
     image_cache = PreprocessedCache(cfg.data.cache_dir) if cfg.data.cache_dir else None
     token_dir = Path(cfg.run.out_dir) / "mammorg" / "tokens"
     if du.is_main():
-        study_tokens(studies, student, device, token_dir, image_cache, pre=pre)
+        study_tokens(studies, student, device, token_dir, image_cache, pre=pre, pool=pool)
     du.barrier()
-    tokens, present = study_tokens(studies, student, device, token_dir, image_cache, progress=False, pre=pre)
+    tokens, present = study_tokens(studies, student, device, token_dir, image_cache, progress=False, pre=pre, pool=pool)
     return Prepared(studies, splits, tokens, present)
 
 

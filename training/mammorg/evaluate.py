@@ -45,7 +45,7 @@ def run_mammorg_eval(cfg: TrainConfig, model_path: Path | None = None) -> dict[s
     device = du.resolve_device(cfg.run.device)
     if model.vision is None:
         raise ValueError(f"{path}: the saved model has no vision encoder")
-    data = prepare(cfg, model.vision, device, preprocess_config(model.cfg, model.vision.cfg))
+    data = prepare(cfg, model.vision, device, preprocess_config(model.cfg, model.vision.cfg), pool=model.cfg.vision_pool)
     idx = data.splits[cfg.eval.split]
     if not idx:
         raise ValueError(f"no studies in the {cfg.eval.split!r} split")

@@ -17,6 +17,7 @@ import pydicom
 import torch
 
 from models.mammorg.config import VIEWS
+from models.mammorg.model import view_tokens
 from models.preprocess import PreprocessConfig, normalize, prepare_uint8
 from models.versamammo.student import VersaMammoStudent
 from training.data.cache import PreprocessedCache
@@ -24,9 +25,11 @@ from training.mammorg.data import StudyRecord
 from training.versamammo.distill.data import student_preprocess_config
 
 
-def _key(student: VersaMammoStudent, studies: list[StudyRecord], pre: PreprocessConfig) -> str:
+def _key(student: VersaMammoStudent, studies: list[StudyRecord], pre: PreprocessConfig, pool: int = 1) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(pre.to_dict(), sort_keys=True).encode())
+    if pool != 1:  # unpooled caches keep the key they had before the option existed
+        h.update(f"pool={pool}".encode())
     for name, tensor in sorted(student.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -38,18 +41,21 @@ def _key(student: VersaMammoStudent, studies: list[StudyRecord], pre: Preprocess
 def study_tokens(studies: list[StudyRecord], student: VersaMammoStudent, device: torch.device,
                  cache_dir: Path | None, image_cache: PreprocessedCache | None,
                  batch: int = 16, progress: bool = True,
-                 pre: PreprocessConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 pre: PreprocessConfig | None = None, pool: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (N, 4, T, C) float16, present (N, 4) bool), from ``cache_dir`` when already computed.
 
     ``pre``: the images' preprocessing (``models.mammorg.config.preprocess_config``); None = the student's.
+    ``pool``: ``MammoRGConfig.vision_pool`` (the grid average-pooled by it, ``view_tokens``).
     """
     pre = pre or student_preprocess_config(student.cfg)
-    cache_file = Path(cache_dir) / f"tokens-{_key(student, studies, pre)}.pt" if cache_dir is not None else None
+    cache_file = Path(cache_dir) / f"tokens-{_key(student, studies, pre, pool)}.pt" if cache_dir is not None else None
     if cache_file is not None and cache_file.exists():
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
         return saved["tokens"], saved["present"]
     cfg = student.cfg
-    tokens_per_view = cfg.student_grid ** 2
+    if cfg.student_grid % pool:
+        raise ValueError(f"the student's {cfg.student_grid} x {cfg.student_grid} grid does not pool by {pool}")
+    tokens_per_view = (cfg.student_grid // pool) ** 2
     tokens = torch.zeros(len(studies), len(VIEWS), tokens_per_view, cfg.student_dim, dtype=torch.float16)
     present = torch.zeros(len(studies), len(VIEWS), dtype=torch.bool)
     jobs = [(i, v, s.views[key]) for i, s in enumerate(studies) for v, key in enumerate(VIEWS) if key in s.views]
@@ -66,8 +72,7 @@ def study_tokens(studies: list[StudyRecord], student: VersaMammoStudent, device:
                 prepared = (image_cache.get_or_prepare(path, pre, laterality) if image_cache is not None
                             else prepare_uint8(pydicom.dcmread(path), pre, laterality))
                 images.append(normalize(prepared.image, pre))
-            grid = student.feature_grid(torch.from_numpy(np.stack(images)).to(device))
-            flat = grid.flatten(2).transpose(1, 2).to(torch.float16).cpu()
+            flat = view_tokens(student, torch.from_numpy(np.stack(images)).to(device), pool).to(torch.float16).cpu()
             for (i, v, _), t in zip(chunk, flat):
                 tokens[i, v] = t
                 present[i, v] = True

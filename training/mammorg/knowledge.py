@@ -149,7 +149,8 @@ def build_model(cfg: TrainConfig, data: Prepared, student: Any, device: torch.de
                                                       m.terms_language)
     overrides: dict[str, Any] = {"knowledge": m.knowledge, "retrieval_temperature": m.retrieval_temperature,
                                  "vision_size": student.cfg.size, "vision_dim": student.cfg.student_dim,
-                                 "vision_grid": student.cfg.student_grid, "max_new_tokens": cfg.generate.max_new_tokens,
+                                 "vision_grid": student.cfg.student_grid // m.vision_pool, "vision_pool": m.vision_pool,
+                                 "max_new_tokens": cfg.generate.max_new_tokens,
                                  "num_beams": cfg.generate.num_beams}
     if m.preprocessing != "student":
         overrides["preprocessing"] = encoder_preprocessing(cfg, student).to_dict()

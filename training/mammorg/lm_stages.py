@@ -151,7 +151,7 @@ def _run(cfg: TrainConfig, stage: str, info: du.DistInfo, max_iterations: int | 
     model, tokenizer = previous_model(cfg, stage)
     model.requires_grad_(False)
     student = model.vision if model.vision is not None else load_vision(cfg)
-    data = prepare(cfg, student, device, preprocess_config(model.cfg, student.cfg))
+    data = prepare(cfg, student, device, preprocess_config(model.cfg, student.cfg), pool=model.cfg.vision_pool)
     model = model.to(device)
     targets, truncated = encode_targets(tokenizer, [s.report for s in data.studies], cfg.mammorg.max_report_tokens)
     if truncated and du.is_main():

@@ -90,7 +90,7 @@ def reporting_sources(mcfg: TrainConfig, student_path: Path, model_dir: Path) ->
 
     device = du.resolve_device(mcfg.run.device)
     model, tokenizer = load_mammorg(model_dir)
-    data = prepare(mcfg, model.vision, device, preprocess_config(model.cfg, model.vision.cfg))
+    data = prepare(mcfg, model.vision, device, preprocess_config(model.cfg, model.vision.cfg), pool=model.cfg.vision_pool)
     idx = data.splits["val"]
     if not idx:
         raise ValueError("no validation studies to choose the reporting sources on")

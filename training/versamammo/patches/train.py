@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,9 @@ def _run(cfg: TrainConfig, info: du.DistInfo, max_iterations: int | None) -> Pat
     out_dir = Path(cfg.run.out_dir) / "patches"
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg = config_for(cfg.model.size)
+    if cfg.model.student_input is not None:  # patches come from the model image at the student's input
+        model_cfg = replace(model_cfg, student_input=cfg.model.student_input,
+                            student_grid=cfg.model.student_input // 32)
     records = load_records(cfg.data)
     pre = student_preprocess_config(model_cfg)
     cache = PreprocessedCache(cfg.data.cache_dir) if cfg.data.cache_dir else None
